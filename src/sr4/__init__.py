@@ -1,0 +1,23 @@
+"""sr4: x4 image super-resolution (MambaIRv2 upsampler + TSD-SR one-step diffusion refiner)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public names, imported on first use so `import sr4` stays cheap (no diffusers, no numba JIT).
+_LAZY = {
+    "load_upsampler": "sr4.networks.loading",
+    "Upscaler": "sr4.pipeline.upscaler",
+    "Pipeline": "sr4.pipeline.snucv",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sr4' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from sr4.cli import main
+
+sys.exit(main())
