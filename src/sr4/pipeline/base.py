@@ -1,0 +1,188 @@
+"""`ImageProcessor`: the image-type and image-mode rules shared by every sr4 pipeline.
+
+A subclass only implements `upscale_rgb` (one RGB float image in, one RGB float image out) and
+sets `scale`; this base turns that into a callable that accepts PIL images, numpy arrays and
+torch tensors of any common mode and returns the same type:
+
+* gray (L, HxW, HxWx1, (1,H,W)) is replicated to RGB, upscaled, and brought back to one channel
+  with ITU-R 601 luma weights (Pillow's own RGB->L rule), so gray in gives gray out;
+* alpha (LA, RGBA, P with transparency, 2- and 4-channel arrays) is upscaled separately with
+  bicubic interpolation (clamped to [0, 1]) and re-attached: the network never sees alpha, and
+  transparency edges stay smooth instead of picking up texture hallucinated for RGB;
+* uint8 stays uint8, uint16 stays uint16 (16-bit PNG/TIFF files round-trip at 16 bits), float
+  stays float (assumed in [0, 1]; outputs are clamped to [0, 1]);
+* palette, CMYK, YCbCr, LAB and HSV images come back as RGB (or RGBA when they had transparency).
+
+Every call builds its own `torch.Generator` seeded from `seed`, so concurrent calls on one
+processor are independent and each result depends only on (image, seed).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Progress callback: (tiles done, tiles total).
+ProgressFn = Callable[[int, int], None]
+ImageT = TypeVar("ImageT")
+
+# ITU-R 601 luma, the weights Pillow uses for RGB -> L.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class ImageProcessor(abc.ABC):
+    """Base of `sr4.Upscaler` and `sr4.Pipeline`: subclasses set `scale` and implement `upscale_rgb`."""
+
+    #: integer upscaling factor of `upscale_rgb`.
+    scale: int = 4
+    #: default seed of the per-call generator.
+    seed: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Device the per-call generator lives on (the one `upscale_rgb` draws its noise on)."""
+        return torch.device("cpu")
+
+    @abc.abstractmethod
+    def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None
+                    ) -> torch.Tensor:
+        """x: (1, 3, H, W) float32 in [0, 1] on any device -> (1, 3, scale*H, scale*W) float.
+
+        Values outside [0, 1] are allowed in the result; the caller clamps.
+        """
+
+    # ------------------------------------------------------------------ public API
+
+    def make_generator(self, seed: int | None = None) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(self.seed if seed is None else seed))
+        return gen
+
+    def __call__(self, image: ImageT, *, seed: int | None = None, outscale: float | None = None,
+                 progress: ProgressFn | None = None) -> ImageT:
+        """Upscale a PIL image, a numpy array (HxW, HxWxC; uint8/uint16/float) or a torch tensor
+        ((C,H,W) or (B,C,H,W), float) and return the same type.
+
+        outscale: final size relative to the input (e.g. 2.0 for x2 output from a x4 network);
+        the network output is resized with antialiased bicubic. None keeps the network's scale.
+        """
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            from sr4.image.io import from_pil, to_pil
+
+            return to_pil(self.process_array(from_pil(image).pixels, seed=seed, outscale=outscale,
+                                             progress=progress))
+        if isinstance(image, np.ndarray):
+            return self.process_array(image, seed=seed, outscale=outscale, progress=progress)
+        if isinstance(image, torch.Tensor):
+            return self._process_torch(image, seed=seed, outscale=outscale, progress=progress)
+        raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+    def process_array(self, array: np.ndarray, *, seed: int | None = None, outscale: float | None = None,
+                      progress: ProgressFn | None = None) -> np.ndarray:
+        """numpy HxW or HxWxC (C in 1..4), uint8/uint16/float -> same layout and dtype, upscaled."""
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
+            raise ValueError(f"expected an HxW or HxWxC array with C in 1..4, got shape {array.shape}")
+        dtype = array.dtype
+        if dtype == np.uint8:
+            peak = 255.0
+        elif dtype == np.uint16:
+            peak = 65535.0
+        elif np.issubdtype(dtype, np.floating):
+            peak = None
+        elif dtype == np.bool_:
+            array, peak = array.astype(np.uint8), 1.0
+        else:
+            raise TypeError(f"unsupported array dtype {dtype}; use uint8, uint16 or float in [0, 1]")
+        planes = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        planes = planes.unsqueeze(0) if array.ndim == 2 else planes.permute(2, 0, 1)
+        if peak is not None:
+            planes = planes / peak
+        out = self.process_planes(planes, seed=seed, outscale=outscale, progress=progress).cpu()
+        out = out[0] if array.ndim == 2 else out.permute(1, 2, 0)
+        if peak is None:
+            return out.numpy().astype(dtype, copy=False)
+        if dtype == np.bool_:
+            return out.numpy() >= 0.5
+        return np.rint(out.numpy() * peak).astype(dtype)
+
+    def _process_torch(self, t: torch.Tensor, *, seed: int | None, outscale: float | None,
+                       progress: ProgressFn | None) -> torch.Tensor:
+        if not t.is_floating_point():
+            raise TypeError(f"expected a float tensor in [0, 1], got dtype {t.dtype}")
+        if t.ndim == 3:
+            return self.process_planes(t, seed=seed, outscale=outscale, progress=progress).to(t.dtype)
+        if t.ndim == 4:
+            # Each batch item is processed with the same seed, so a batch gives exactly what
+            # processing each image alone gives.
+            outs = [self.process_planes(item, seed=seed, outscale=outscale, progress=progress) for item in t]
+            return torch.stack(outs).to(t.dtype)
+        raise ValueError(f"expected a (C,H,W) or (B,C,H,W) tensor, got shape {tuple(t.shape)}")
+
+    def process_planes(self, planes: torch.Tensor, *, seed: int | None = None, outscale: float | None = None,
+                       progress: ProgressFn | None = None) -> torch.Tensor:
+        """(C, H, W) float in [0, 1], C in 1..4 (L, LA, RGB, RGBA) -> (C, H', W') float32 in [0, 1]."""
+        if planes.ndim != 3 or planes.shape[0] not in (1, 2, 3, 4):
+            raise ValueError(f"expected (C,H,W) planes with C in 1..4, got shape {tuple(planes.shape)}")
+        c, h, w = planes.shape
+        if h < 1 or w < 1:
+            raise ValueError(f"image has no pixels (size {w}x{h})")
+        planes = planes.float()
+        color, alpha = (planes[:1], planes[1:]) if c <= 2 else (planes[:3], planes[3:])
+        rgb = color.expand(3, h, w) if c <= 2 else color
+        with torch.inference_mode():
+            out = self.upscale_rgb(rgb.unsqueeze(0).to(self.device), self.make_generator(seed), progress)
+            out = out.float()[0].clamp_(0.0, 1.0).to(planes.device)
+            if out.shape[-2:] != (h * self.scale, w * self.scale):
+                raise RuntimeError(f"upscaler returned {tuple(out.shape[-2:])} for a {h}x{w} input at scale "
+                                   f"{self.scale}; expected {(h * self.scale, w * self.scale)}")
+            if c <= 2:
+                weights = torch.tensor(_LUMA, dtype=out.dtype, device=out.device).view(3, 1, 1)
+                out = (out * weights).sum(0, keepdim=True)
+            if alpha.shape[0]:
+                out = torch.cat([out, resize_planes(alpha, out.shape[-2:])])
+            if outscale is not None:
+                size = (max(1, round(h * outscale)), max(1, round(w * outscale)))
+                out = resize_planes(out, size)
+        return out
+
+    # ------------------------------------------------------------------ files
+
+    def process_file(self, src: str | os.PathLike, dst: str | os.PathLike, *, outscale: float | None = None,
+                     seed: int | None = None, overwrite: bool = False, max_pixels: int | None = None,
+                     quality: int = 95, progress: ProgressFn | None = None) -> Path:
+        """Read `src` (EXIF orientation applied), upscale, write `dst` atomically (format from its suffix).
+
+        Bit depth, gray/colour, alpha and the ICC profile are kept where the output format allows
+        (16 bits only in PNG/TIFF; JPEG drops alpha). Raises `sr4.image.io.ImageError` naming the
+        file for unreadable input or unwritable output, FileExistsError when `dst` exists and
+        `overwrite` is False.
+        """
+        from sr4.image.io import ImageData, read_image, write_image
+
+        dst = Path(dst)
+        if dst.exists() and not overwrite:
+            raise FileExistsError(f"{dst}: output exists (overwrite it or skip it explicitly)")
+        data = read_image(src, max_pixels=max_pixels)
+        pixels = self.process_array(data.pixels, seed=seed, outscale=outscale, progress=progress)
+        write_image(dst, ImageData(pixels=pixels, icc_profile=data.icc_profile), quality=quality)
+        return dst
+
+
+def resize_planes(planes: torch.Tensor, size: tuple[int, int] | Any) -> torch.Tensor:
+    """Bicubic resize of (C,H,W) float planes to `size` (antialiased when shrinking), clamped to [0, 1]."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(planes.shape[-2:]) == size:
+        return planes
+    shrinking = size[0] < planes.shape[-2] or size[1] < planes.shape[-1]
+    out = F.interpolate(planes.unsqueeze(0).float(), size=size, mode="bicubic", align_corners=False,
+                        antialias=shrinking)
+    return out[0].clamp_(0.0, 1.0)
