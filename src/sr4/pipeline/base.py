@@ -53,9 +53,13 @@ class ImageProcessor(abc.ABC):
     @abc.abstractmethod
     def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None
                     ) -> torch.Tensor:
-        """x: (1, 3, H, W) float32 in [0, 1] on any device -> (1, 3, scale*H, scale*W) float.
+        """x: (1, 3, H, W) float32 in [0, 1] -> (1, 3, scale*H, scale*W) float.
 
-        Values outside [0, 1] are allowed in the result; the caller clamps.
+        x stays where the caller's pixels are (the CPU for files, PIL images and numpy arrays; the
+        tensor's device for tensors): the implementation moves what it needs to `self.device`, so a
+        large output can be assembled off the accelerator. Any device is accepted for the result.
+        Values outside [0, 1] are allowed in the result; the caller clamps. `progress(done, total)`
+        may be called per tile.
         """
 
     # ------------------------------------------------------------------ public API
@@ -107,12 +111,16 @@ class ImageProcessor(abc.ABC):
         if peak is not None:
             planes = planes / peak
         out = self.process_planes(planes, seed=seed, outscale=outscale, progress=progress).cpu()
-        out = out[0] if array.ndim == 2 else out.permute(1, 2, 0)
+        del planes
+        arr = (out[0] if array.ndim == 2 else out.permute(1, 2, 0)).numpy()
         if peak is None:
-            return out.numpy().astype(dtype, copy=False)
+            return np.ascontiguousarray(arr, dtype=dtype)
         if dtype == np.bool_:
-            return out.numpy() >= 0.5
-        return np.rint(out.numpy() * peak).astype(dtype)
+            return arr >= 0.5
+        # In place: the output is the largest buffer of a call, avoid float temporaries of its size.
+        np.multiply(arr, peak, out=arr)
+        np.rint(arr, out=arr)
+        return arr.astype(dtype)
 
     def _process_torch(self, t: torch.Tensor, *, seed: int | None, outscale: float | None,
                        progress: ProgressFn | None) -> torch.Tensor:
@@ -139,7 +147,7 @@ class ImageProcessor(abc.ABC):
         color, alpha = (planes[:1], planes[1:]) if c <= 2 else (planes[:3], planes[3:])
         rgb = color.expand(3, h, w) if c <= 2 else color
         with torch.inference_mode():
-            out = self.upscale_rgb(rgb.unsqueeze(0).to(self.device), self.make_generator(seed), progress)
+            out = self.upscale_rgb(rgb.unsqueeze(0).contiguous(), self.make_generator(seed), progress)
             out = out.float()[0].clamp_(0.0, 1.0).to(planes.device)
             if out.shape[-2:] != (h * self.scale, w * self.scale):
                 raise RuntimeError(f"upscaler returned {tuple(out.shape[-2:])} for a {h}x{w} input at scale "

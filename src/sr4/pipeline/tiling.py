@@ -1,0 +1,231 @@
+"""Tiled inference: any image size in memory bounded by the tile size.
+
+The LR image is cut into overlapping tiles on a regular grid; each tile is upscaled alone and
+written into the output with a separable weight that ramps down linearly inside the overlap
+next to interior tile edges (edges on the image border keep full weight). Because the weights
+are separable and the tiles form a product grid, the total weight at every output pixel is the
+outer product of two 1-D sums, so normalising needs no 2-D weight map: the only full-size
+buffer is the output itself (kept on the CPU, so device memory depends on the tile only).
+
+Tiles smaller than the network's `min_size` (small images, 1x1 included) are padded by
+reflection (replication when the tile is too small to reflect) and cropped back.
+
+`tile="auto"` picks the tile from free memory (psutil or /proc/meminfo on CPU,
+`torch.cuda.mem_get_info` on CUDA); any out-of-memory error (CPU or CUDA) halves the tile and
+restarts the image with the generator rewound, so the retry draws the same noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+TileForward = Callable[[torch.Tensor], torch.Tensor]
+
+#: smallest tile the out-of-memory fallback goes down to (before min_size is applied).
+MIN_TILE = 16
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """tile: LR tile side in pixels, None for one pass over the whole image, or "auto".
+    overlap: LR pixels shared by neighbouring tiles (blended)."""
+
+    tile: int | str | None = "auto"
+    overlap: int = 16
+
+    def __post_init__(self) -> None:
+        if self.tile is not None and self.tile != "auto" and (not isinstance(self.tile, int) or self.tile < 1):
+            raise ValueError(f"tile must be a positive int, None or 'auto', got {self.tile!r}")
+        if self.overlap < 0:
+            raise ValueError(f"tile overlap must be >= 0, got {self.overlap}")
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` shared pixels.
+
+    The tiles are spread evenly; the first starts at 0 and the last ends at `length`.
+    """
+    if length <= tile:
+        return [0]
+    overlap = min(overlap, tile - 1)
+    n = math.ceil((length - overlap) / (tile - overlap))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def ramp_weights(start: int, stop: int, length: int, ramp: int) -> torch.Tensor:
+    """1-D blending weight of the output span [start, stop) of an axis of `length` output pixels.
+
+    Next to an edge interior to the image: zero over the first quarter of `ramp` pixels (where a
+    tile's missing context corrupts it most), then a linear rise to 1 at `ramp`. Neighbouring
+    tiles overlap by at least `ramp`, so every output pixel keeps a positive total weight.
+    """
+    pos = torch.arange(start, stop, dtype=torch.float32)
+    w = torch.ones(stop - start)
+    if ramp > 0:
+        dead = ramp // 4
+        if start > 0:
+            w = torch.minimum(w, ((pos - start + 0.5 - dead) / (ramp - dead)).clamp(min=0))
+        if stop < length:
+            w = torch.minimum(w, ((stop - pos - 0.5 - dead) / (ramp - dead)).clamp(min=0))
+    return w
+
+
+def pad_forward(forward: TileForward, x: torch.Tensor, scale: int, min_size: int) -> torch.Tensor:
+    """Run `forward` on x (1,C,h,w), padding h/w up to `min_size` and cropping the result back."""
+    h, w = x.shape[-2:]
+    ph, pw = max(0, min_size - h), max(0, min_size - w)
+    if ph == 0 and pw == 0:
+        return forward(x)
+    # Reflection keeps local statistics; it needs the pad smaller than the side, else replicate.
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    padded = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return forward(padded)[..., : h * scale, : w * scale]
+
+
+def tiled_upscale(forward: TileForward, x: torch.Tensor, *, scale: int, tile: int | None, overlap: int = 16,
+                  min_size: int = 1, progress: ProgressFn | None = None) -> torch.Tensor:
+    """Upscale x (1,C,H,W) tile by tile; returns (1,C,sH,sW) float32 on x's device.
+
+    `forward` maps a (1,C,h,w) tile to (1,C,s*h,s*w); it is called tile after tile in raster order.
+    tile=None runs the whole image in one call (still padded to min_size).
+    """
+    _, c, h, w = x.shape
+    if tile is None or (h <= tile and w <= tile):
+        if progress:
+            progress(0, 1)
+        out = pad_forward(forward, x, scale, min_size).float()
+        if progress:
+            progress(1, 1)
+        return out.to(x.device)
+    tile = max(int(tile), min_size)
+    overlap = max(0, min(int(overlap), tile // 2))
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    out = torch.zeros(1, c, h * scale, w * scale, dtype=torch.float32, device=x.device)
+    wy_sum = torch.zeros(h * scale)
+    wx_sum = torch.zeros(w * scale)
+    ramp = overlap * scale
+    total, done = len(ys) * len(xs), 0
+    if progress:
+        progress(0, total)
+    for iy, y0 in enumerate(ys):
+        oy0, oy1 = y0 * scale, (y0 + th) * scale
+        wy = ramp_weights(oy0, oy1, h * scale, ramp)
+        wy_sum[oy0:oy1] += wy
+        for x0 in xs:
+            ox0, ox1 = x0 * scale, (x0 + tw) * scale
+            wx = ramp_weights(ox0, ox1, w * scale, ramp)
+            if iy == 0:
+                wx_sum[ox0:ox1] += wx
+            piece = pad_forward(forward, x[:, :, y0:y0 + th, x0:x0 + tw], scale, min_size)
+            piece = piece.float().to(out.device)
+            weight = (wy.view(-1, 1) * wx.view(1, -1)).to(out.device)
+            out[:, :, oy0:oy1, ox0:ox1].addcmul_(piece, weight)
+            del piece
+            done += 1
+            if progress:
+                progress(done, total)
+    out.div_(wy_sum.to(out.device).view(1, 1, -1, 1))
+    out.div_(wx_sum.to(out.device).view(1, 1, 1, -1))
+    return out
+
+
+# ---------------------------------------------------------------------- memory
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA and CPU allocation failures (torch raises plain RuntimeError on CPU)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "failed to allocate" in text)
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory available for a new allocation on `device` (bytes)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        # Blocks cached by torch's allocator but unused are free for us too.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30  # unknown platform: assume a modest 4 GiB
+
+
+def bytes_per_pixel(module: nn.Module, dtype: torch.dtype, scale: int) -> float:
+    """Rough activation memory per LR pixel of one forward pass.
+
+    A module may state it exactly with a `memory_per_pixel` attribute; otherwise estimate from
+    its widest layer (activations of a few dozen feature maps of that width live at once, more
+    in attention/state-space blocks) plus the upscaled output.
+    """
+    stated = getattr(module, "memory_per_pixel", None)
+    if stated is not None:
+        return float(stated)
+    width = 3
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            width = max(width, m.out_channels)
+        elif isinstance(m, nn.Linear):
+            width = max(width, m.out_features)
+    elt = torch.tensor([], dtype=dtype).element_size()
+    return width * elt * 64 + scale * scale * 3 * 4 * 4
+
+
+def auto_tile_size(module: nn.Module, device: torch.device, dtype: torch.dtype, scale: int,
+                   min_size: int = 1, free_bytes: int | None = None) -> int:
+    """Largest tile side (multiple of 8, between 32 and 4096) whose forward fits in free memory."""
+    free = free_memory_bytes(device) if free_bytes is None else free_bytes
+    # CPU memory is shared with everything else on the machine; be more conservative there.
+    budget = free * (0.5 if device.type == "cuda" else 0.25)
+    side = int(math.sqrt(max(budget, 0) / bytes_per_pixel(module, dtype, scale)))
+    side = max(32, min(4096, side // 8 * 8))
+    return max(side, min_size)
+
+
+def upscale_with_fallback(forward: TileForward, x: torch.Tensor, *, scale: int, tile: int | None, overlap: int,
+                          min_size: int, generator: torch.Generator | None = None,
+                          progress: ProgressFn | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """`tiled_upscale`, halving the tile after an out-of-memory error until it works or reaches MIN_TILE."""
+    state = generator.get_state() if generator is not None else None
+    while True:
+        try:
+            return tiled_upscale(forward, x, scale=scale, tile=tile, overlap=overlap, min_size=min_size,
+                                 progress=progress)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            current = tile if tile is not None else max(x.shape[-2:])
+            smallest = max(MIN_TILE, min_size)
+            if current <= smallest:
+                raise MemoryError(f"out of memory even with {current}px tiles ({exc})") from exc
+            tile = max(smallest, current // 2)
+            log.warning("out of memory; retrying with %dpx tiles", tile)
+            del exc
+            if device is not None and device.type == "cuda":
+                torch.cuda.empty_cache()
+            if generator is not None:
+                generator.set_state(state)  # the retry must draw the same noise as a first try would

@@ -1,0 +1,110 @@
+"""`sr4.Upscaler`: stage U alone (any upsampler module or checkpoint), tiled, on any image type."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sr4.pipeline.base import ImageProcessor, ProgressFn
+from sr4.pipeline.tiling import TileOptions, auto_tile_size, upscale_with_fallback
+from sr4.utils.device import resolve_device, resolve_dtype
+
+BICUBIC_NOTICE = ("no model given: sr4 ships no trained weights yet, so this is plain bicubic x4 "
+                  "interpolation; pass a MambaIRv2 checkpoint (model=... / --model FILE) for real super-resolution")
+
+
+class BicubicFallbackWarning(UserWarning):
+    """Emitted when an Upscaler is built without a model and falls back to bicubic."""
+
+
+class Upscaler(ImageProcessor):
+    """Upscale images with an upsampler network, tile by tile.
+
+    model: None (bicubic x4, with a `BicubicFallbackWarning`), a checkpoint path (read by
+        `sr4.networks.loading.load_upsampler`, architecture detected from the keys) or an
+        `nn.Module` following the upsampler contract (`scale`, optional `min_size`,
+        `forward(x, generator=None)`); a given module is moved to `device`/`dtype` and set to eval.
+    tile: LR tile side in pixels, None for no tiling, or "auto" (from free memory).
+    tile_overlap: LR pixels shared by neighbouring tiles.
+    device: "auto" (CUDA when present), "cpu", "cuda:N" or a torch.device.
+    dtype: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16", "bf16" or a torch.dtype.
+    seed: default seed of the per-call generator (MambaIRv2 draws routing noise at inference).
+
+    Calls are stateless: one Upscaler may be used from several threads at once.
+    """
+
+    def __init__(self, model: None | str | os.PathLike | nn.Module = None, *, tile: int | str | None = "auto",
+                 tile_overlap: int = 16, device: str | torch.device | None = "auto",
+                 dtype: str | torch.dtype | None = "auto", seed: int = 0):
+        self.options = TileOptions(tile=tile, overlap=tile_overlap)
+        self._device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self._device)
+        self.seed = int(seed)
+        self.is_fallback = model is None
+        if model is None:
+            from sr4.networks.bicubic import BicubicUpsampler
+
+            warnings.warn(BICUBIC_NOTICE, BicubicFallbackWarning, stacklevel=2)
+            module: nn.Module = BicubicUpsampler(4)
+        elif isinstance(model, (str, os.PathLike)):
+            from sr4.networks.loading import load_upsampler
+
+            module = load_upsampler(Path(model))
+        elif isinstance(model, nn.Module):
+            module = model
+        else:
+            raise TypeError(f"model must be None, a checkpoint path or an nn.Module, got {type(model).__name__}")
+        if not isinstance(getattr(module, "scale", None), int) or module.scale < 1:
+            raise ValueError(f"upsampler {type(module).__name__} has no positive integer `scale` attribute")
+        self.model = module.to(device=self._device, dtype=self.dtype).eval().requires_grad_(False)
+        self.scale = int(module.scale)
+        self.min_size = int(getattr(module, "min_size", 1))
+        self._takes_generator = _accepts_generator(module)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def __repr__(self) -> str:
+        return (f"Upscaler(model={type(self.model).__name__}, scale={self.scale}, tile={self.options.tile!r}, "
+                f"tile_overlap={self.options.overlap}, device={str(self._device)!r}, dtype={self.dtype}, "
+                f"seed={self.seed})")
+
+    def tile_size(self, height: int, width: int) -> int | None:
+        """The LR tile side a call on an image of this size starts with (None: one pass)."""
+        tile = self.options.tile
+        if tile == "auto":
+            tile = auto_tile_size(self.model, self._device, self.dtype, self.scale, self.min_size)
+            if height <= tile and width <= tile:
+                return None
+        return tile
+
+    def _forward(self, generator: torch.Generator):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(device=self._device, dtype=self.dtype)
+            y = self.model(x, generator=generator) if self._takes_generator else self.model(x)
+            return y
+
+        return run
+
+    def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None
+                    ) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        # The output is assembled on x's device (the CPU for files and arrays), so device memory
+        # depends on the tile size only.
+        return upscale_with_fallback(self._forward(generator), x, scale=self.scale, tile=self.tile_size(h, w),
+                                     overlap=self.options.overlap, min_size=self.min_size, generator=generator,
+                                     progress=progress, device=self._device)
+
+
+def _accepts_generator(module: nn.Module) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "generator" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
