@@ -1,0 +1,597 @@
+"""Building blocks shared by MambaIRv2 (classic SR) and MambaIRv2-Light.
+
+Module and attribute names follow the official implementation (csguoh/MambaIR) so that
+``state_dict`` keys, shapes and their order are identical and released checkpoints load strictly.
+The forward maths reproduces the official code, including its quirks (see SPEC §2):
+
+* the Gumbel routing noise is drawn at inference too, one ``exponential_`` per ASSM call, in layer
+  order, from the global RNG unless a ``torch.Generator`` is given;
+* tokens are grouped with an *unstable* sort of their route index;
+* the prompt added to ``C`` stays in the original pixel order while the sequence is sorted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sr4.networks.selective_scan import selective_scan
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)
+UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
+RESI_CONNECTIONS = ("1conv", "3conv")
+
+
+@dataclass
+class ForwardContext:
+    """What every layer of one forward pass shares: the shifted-window mask, the relative
+    position index and where the routing noise comes from."""
+
+    attn_mask: torch.Tensor
+    rpi: torch.Tensor
+    generator: torch.Generator | None
+
+
+# ----------------------------------------------------------------------------- feed-forward
+
+
+class DepthwiseConvGELU(nn.Module):
+    """Depthwise kxk conv + GELU on a token sequence (official name ``dwconv``)."""
+
+    def __init__(self, hidden_features: int, kernel_size: int = 5) -> None:
+        super().__init__()
+        self.hidden_features = hidden_features
+        self.depthwise_conv = nn.Sequential(
+            nn.Conv2d(hidden_features, hidden_features, kernel_size, 1, (kernel_size - 1) // 2, groups=hidden_features),
+            nn.GELU(),
+        )
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
+        b = x.shape[0]
+        img = x.transpose(1, 2).reshape(b, self.hidden_features, x_size[0], x_size[1])
+        return self.depthwise_conv(img).flatten(2).transpose(1, 2)
+
+
+class ConvFFN(nn.Module):
+    """fc1 -> GELU -> x + dwconv(x) -> fc2 (classic MambaIRv2)."""
+
+    def __init__(self, in_features: int, hidden_features: int, kernel_size: int = 5) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.dwconv = DepthwiseConvGELU(hidden_features, kernel_size)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
+        x = self.act(self.fc1(x))
+        x = x + self.dwconv(x, x_size)
+        return self.fc2(x)
+
+
+class Gate(nn.Module):
+    """Spatial gate of the light variant: second half -> LayerNorm -> depthwise 5x5, times first half."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.conv = nn.Conv2d(dim, dim, kernel_size=5, stride=1, padding=2, groups=dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        b, _, c = x.shape
+        x2 = self.norm(x2).transpose(1, 2).reshape(b, c // 2, h, w)
+        x2 = self.conv(x2).flatten(2).transpose(1, 2)
+        return x1 * x2
+
+
+class GatedMLP(nn.Module):
+    """fc1 -> GELU -> Gate -> fc2 (MambaIRv2-Light)."""
+
+    def __init__(self, in_features: int, hidden_features: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.sg = Gate(hidden_features // 2)
+        self.fc2 = nn.Linear(hidden_features // 2, in_features)
+        self.drop = nn.Dropout(0.0)  # parameter-free, kept for module-name parity
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
+        x = self.act(self.fc1(x))
+        x = self.sg(x, x_size[0], x_size[1])
+        return self.fc2(x)
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(b, h, w, c) -> (b * h/ws * w/ws, ws*ws, c), windows in row-major order."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, c)
+
+
+def window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (b * nW, ws*ws, c) -> (b, h, w, c)."""
+    c = windows.shape[-1]
+    b = windows.shape[0] // ((h // ws) * (w // ws))
+    x = windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def relative_position_index(ws: int) -> torch.Tensor:
+    """(ws*ws, ws*ws) int64 index into the ((2ws-1)^2, heads) relative position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+def shifted_window_mask(h: int, w: int, ws: int, device: torch.device | None = None) -> torch.Tensor:
+    """(nW, ws*ws, ws*ws) additive mask: -100 between tokens that came from different regions after the roll."""
+    shift = ws // 2
+    img = torch.zeros(1, h, w, 1, device=device)
+    regions = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    label = 0
+    for hs in regions:
+        for wsl in regions:
+            img[:, hs, wsl, :] = label
+            label += 1
+    win = window_partition(img, ws).squeeze(-1)  # (nW, ws*ws)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return torch.where(diff != 0, torch.tensor(-100.0, device=device), torch.tensor(0.0, device=device))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside ws x ws windows with a relative position bias.
+
+    Takes the already projected qkv (official layout: wqkv lives in the layer).
+    Uses scaled_dot_product_attention: softmax(q k^T * head_dim^-0.5 + bias + mask) v.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, qkv: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None, batch: int) -> torch.Tensor:
+        bw, n, c3 = qkv.shape
+        c = c3 // 3
+        heads = self.num_heads
+        qkv = qkv.view(bw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
+        if mask is not None:
+            nw = mask.shape[0]
+            bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)  # (nW, heads, n, n)
+            shape5 = (batch, nw, heads, n, c // heads)
+            out = F.scaled_dot_product_attention(
+                q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), attn_mask=bias, scale=self.scale
+            ).reshape(bw, heads, n, c // heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+
+
+# ----------------------------------------------------------------------------- state space
+
+
+def gumbel_hard_route(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard Gumbel-softmax over the last dim with a straight-through gradient.
+
+    Same operations, in the same order, as ``F.gumbel_softmax(logits, hard=True)`` (so the global RNG
+    is consumed identically), but the noise may come from ``generator`` and the chosen index is returned
+    too. Returns (one-hot policy (.., T), index (.., 1)).
+    """
+    noise = torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(generator=generator)
+    y_soft = (logits - noise.log()).softmax(-1)
+    index = y_soft.max(-1, keepdim=True)[1]
+    y_hard = torch.zeros_like(logits, memory_format=torch.legacy_contiguous_format).scatter_(-1, index, 1.0)
+    return y_hard - y_soft.detach() + y_soft, index
+
+
+class SelectiveScanParams(nn.Module):
+    """One-direction S6 parameters (official name ``Selective_Scan``) and the scan call."""
+
+    def __init__(self, d_model: int, d_state: int = 16, dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = d_model
+        self.dt_rank = math.ceil(d_model / 16)
+        self.x_proj_weight = nn.Parameter(torch.empty(1, self.dt_rank + 2 * d_state, d_model))
+        self.dt_projs_weight = nn.Parameter(torch.empty(1, d_model, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(1, d_model))
+        self.A_logs = nn.Parameter(torch.empty(d_model, d_state))
+        self.Ds = nn.Parameter(torch.empty(d_model))
+        self._init(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def _init(self, dt_min: float, dt_max: float, dt_floor: float) -> None:
+        # Mamba's initialisation: dt spread log-uniformly in [dt_min, dt_max], S4D-real A, D = 1.
+        if self.Ds.is_meta:
+            return
+        bound = 1.0 / math.sqrt(self.d_model)
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_projs_weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_floor)
+        self.dt_projs_bias.copy_((dt + torch.log(-torch.expm1(-dt))).unsqueeze(0))
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand(self.d_model, -1))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D) in scan order, prompt (B, L, N) in *pixel* order (official quirk) -> (B, L, D) fp32."""
+        b, length, _ = x.shape
+        xs = x.transpose(1, 2)  # (B, D, L)
+        x_dbl = torch.matmul(self.x_proj_weight[0], xs)  # (B, R + 2N, L)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dts = torch.matmul(self.dt_projs_weight[0], dts)  # (B, D, L)
+        cs = cs.float() + prompt.transpose(1, 2).float()
+        y = selective_scan(
+            xs.float().contiguous(),
+            dts.float().contiguous(),
+            -torch.exp(self.A_logs.float()),
+            bs.float().unsqueeze(1).contiguous(),
+            cs.unsqueeze(1).contiguous(),
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().view(-1),
+            delta_softplus=True,
+            backend="auto",
+        )
+        return y.transpose(1, 2)
+
+
+class ASSM(nn.Module):
+    """Attentive state-space module: route tokens to prompts, scan them grouped by route, unsort."""
+
+    def __init__(self, dim: int, d_state: int, num_tokens: int = 64, inner_rank: int = 128,
+                 mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_tokens = num_tokens
+        self.inner_rank = inner_rank
+        self.d_state = d_state
+        hidden = int(dim * mlp_ratio)
+        self.selectiveScan = SelectiveScanParams(hidden, d_state)
+        self.out_norm = nn.LayerNorm(hidden)
+        self.act = nn.SiLU()  # unused by the official forward; parameter-free
+        self.out_proj = nn.Linear(hidden, dim, bias=True)
+        self.in_proj = nn.Sequential(nn.Conv2d(dim, hidden, 1, 1, 0))
+        self.CPE = nn.Sequential(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden))
+        self.embeddingB = nn.Embedding(num_tokens, inner_rank)
+        nn.init.uniform_(self.embeddingB.weight, -1 / num_tokens, 1 / num_tokens)
+        self.route = nn.Sequential(
+            nn.Linear(dim, dim // 3), nn.GELU(), nn.Linear(dim // 3, num_tokens), nn.LogSoftmax(dim=-1)
+        )
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], token_weight: torch.Tensor,
+                generator: torch.Generator | None) -> torch.Tensor:
+        b, n, c = x.shape
+        h, w = x_size
+        full_embedding = self.embeddingB.weight @ token_weight  # (T, N)
+        policy, index = gumbel_hard_route(self.route(x), generator)
+        prompt = torch.matmul(policy, full_embedding)  # (B, n, N), pixel order
+        order = torch.sort(index.view(b, n), dim=-1, stable=False)[1]
+        inverse = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=x.device).expand(b, n))
+
+        img = x.transpose(1, 2).reshape(b, c, h, w)
+        img = self.in_proj(img)
+        img = img * torch.sigmoid(self.CPE(img))
+        seq = img.flatten(2).transpose(1, 2)  # (B, n, hidden)
+        hidden = seq.shape[-1]
+
+        seq = torch.gather(seq, 1, order.unsqueeze(-1).expand(b, n, hidden))
+        y = self.selectiveScan(seq, prompt).to(x.dtype)
+        y = self.out_proj(self.out_norm(y))
+        return torch.gather(y, 1, inverse.unsqueeze(-1).expand(b, n, c))
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+FFNFactory = Callable[[int, int, int], nn.Module]  # (dim, hidden, kernel_size) -> module
+
+
+def conv_ffn(dim: int, hidden: int, kernel_size: int) -> nn.Module:
+    return ConvFFN(dim, hidden, kernel_size)
+
+
+def gated_mlp(dim: int, hidden: int, kernel_size: int) -> nn.Module:
+    return GatedMLP(dim, hidden)  # the light variant hard-codes its 5x5 gate conv
+
+
+class AttentiveLayer(nn.Module):
+    """(shifted) window attention + ConvFFN, then ASSM + ConvFFN, each with a learned long skip."""
+
+    def __init__(self, dim: int, d_state: int, num_heads: int, window_size: int, shift_size: int, inner_rank: int,
+                 num_tokens: int, convffn_kernel_size: int, mlp_ratio: float, qkv_bias: bool,
+                 norm_layer: Callable[[int], nn.Module], ffn: FFNFactory) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.norm1 = norm_layer(dim)
+        self.norm2 = norm_layer(dim)
+        self.norm3 = norm_layer(dim)
+        self.norm4 = norm_layer(dim)
+        self.scale1 = nn.Parameter(1e-4 * torch.ones(dim))
+        self.scale2 = nn.Parameter(1e-4 * torch.ones(dim))
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.win_mhsa = WindowAttention(dim, window_size, num_heads, qkv_bias)
+        self.assm = ASSM(dim, d_state, num_tokens=num_tokens, inner_rank=inner_rank, mlp_ratio=mlp_ratio)
+        hidden = int(dim * mlp_ratio)
+        self.convffn1 = ffn(dim, hidden, convffn_kernel_size)
+        self.convffn2 = ffn(dim, hidden, convffn_kernel_size)
+        self.embeddingA = nn.Embedding(inner_rank, d_state)
+        nn.init.uniform_(self.embeddingA.weight, -1 / inner_rank, 1 / inner_rank)
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], ctx: ForwardContext) -> torch.Tensor:
+        h, w = x_size
+        b, n, c = x.shape
+        ws, shift = self.window_size, self.shift_size
+
+        shortcut = x
+        qkv = self.wqkv(self.norm1(x)).view(b, h, w, 3 * c)
+        if shift > 0:
+            qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
+        attn = self.win_mhsa(window_partition(qkv, ws), ctx.rpi, ctx.attn_mask if shift > 0 else None, b)
+        attn = window_reverse(attn, ws, h, w)
+        if shift > 0:
+            attn = torch.roll(attn, shifts=(shift, shift), dims=(1, 2))
+        x_win = attn.reshape(b, n, c) + shortcut
+        x_win = self.convffn1(self.norm2(x_win), x_size) + x_win
+        x = shortcut * self.scale1 + x_win
+
+        shortcut = x
+        x_aca = self.assm(self.norm3(x), x_size, self.embeddingA.weight, ctx.generator) + x
+        x = x_aca + self.convffn2(self.norm4(x_aca), x_size)
+        return shortcut * self.scale2 + x
+
+
+class BasicBlock(nn.Module):
+    """``depth`` AttentiveLayers, shift 0 on even and ws/2 on odd layers."""
+
+    def __init__(self, depth: int, window_size: int, **layer_kwargs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            AttentiveLayer(window_size=window_size, shift_size=0 if i % 2 == 0 else window_size // 2, **layer_kwargs)
+            for i in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], ctx: ForwardContext) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, x_size, ctx)
+        return x
+
+
+def residual_conv(dim: int, resi_connection: str) -> nn.Module:
+    if resi_connection == "1conv":
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    if resi_connection == "3conv":
+        return nn.Sequential(
+            nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim, 3, 1, 1),
+        )
+    raise ValueError(f"resi_connection must be one of {RESI_CONNECTIONS}, got {resi_connection!r}")
+
+
+class ASSB(nn.Module):
+    """Attentive state-space group: layers -> 3x3 conv (in image layout) -> + input."""
+
+    def __init__(self, dim: int, depth: int, resi_connection: str, **block_kwargs) -> None:
+        super().__init__()
+        self.dim = dim
+        self.residual_group = BasicBlock(depth=depth, dim=dim, **block_kwargs)
+        self.conv = residual_conv(dim, resi_connection)
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], ctx: ForwardContext) -> torch.Tensor:
+        y = self.residual_group(x, x_size, ctx)
+        y = y.transpose(1, 2).reshape(x.shape[0], self.dim, x_size[0], x_size[1])
+        return self.conv(y).flatten(2).transpose(1, 2) + x
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, HW, C), optionally LayerNorm-ed."""
+
+    def __init__(self, embed_dim: int, norm_layer: Callable[[int], nn.Module] | None) -> None:
+        super().__init__()
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2).transpose(1, 2)
+        return self.norm(x) if self.norm is not None else x
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def pixelshuffle_upsample(scale: int, num_feat: int) -> nn.Sequential:
+    """[conv(F -> 4F) + PixelShuffle(2)] x log2(scale), or one conv(F -> 9F) + PixelShuffle(3)."""
+    layers: list[nn.Module] = []
+    if scale >= 1 and scale & (scale - 1) == 0:
+        for _ in range(int(math.log2(scale))):
+            layers += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
+    elif scale == 3:
+        layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
+    else:
+        raise ValueError(f"upscale {scale} is not supported by the 'pixelshuffle' head (use 2^n or 3)")
+    return nn.Sequential(*layers)
+
+
+def _init_weights(m: nn.Module) -> None:
+    # Official initialisation of Linear / LayerNorm, applied over the whole network after construction.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.constant_(m.bias, 0)
+        nn.init.constant_(m.weight, 1.0)
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class MambaIRv2Base(nn.Module):
+    """Shared body of MambaIRv2 and MambaIRv2-Light; subclasses choose the feed-forward block."""
+
+    ffn: FFNFactory = staticmethod(conv_ffn)
+
+    def __init__(
+        self,
+        img_size: int = 64,
+        patch_size: int = 1,
+        in_chans: int = 3,
+        embed_dim: int = 48,
+        d_state: int = 8,
+        depths: tuple[int, ...] | list[int] = (6, 6, 6, 6),
+        num_heads: tuple[int, ...] | list[int] = (4, 4, 4, 4),
+        window_size: int = 16,
+        inner_rank: int = 32,
+        num_tokens: int = 64,
+        convffn_kernel_size: int = 5,
+        mlp_ratio: float = 2.0,
+        qkv_bias: bool = True,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        ape: bool = False,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+        upscale: int = 2,
+        img_range: float = 1.0,
+        upsampler: str = "",
+        resi_connection: str = "1conv",
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
+        if upsampler == "nearest+conv" and upscale != 4:
+            raise ValueError("the 'nearest+conv' head only supports upscale 4")
+        if len(num_heads) < len(depths):
+            raise ValueError(f"num_heads {list(num_heads)} must have an entry for each of the {len(depths)} stages")
+        num_feat = 64
+        self.img_range = img_range
+        self.upscale = upscale
+        self.upsampler = upsampler
+        self.window_size = window_size
+        self.embed_dim = embed_dim
+        self.ape = ape
+        self.in_chans = in_chans
+        # Output size factor: the denoising/JPEG head ('') keeps the input size.
+        self.scale = upscale if upsampler else 1
+        # Flip padding doubles a side at most, so each side must cover half a window.
+        self.min_size = (window_size + 1) // 2
+        mean = torch.tensor(RGB_MEAN).view(1, 3, 1, 1) if in_chans == 3 else torch.zeros(1, 1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(embed_dim, norm_layer if patch_norm else None)
+        if ape:
+            patches = (img_size // patch_size) ** 2
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, patches, embed_dim))
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+        self.register_buffer("relative_position_index_SA", relative_position_index(window_size))
+
+        self.layers = nn.ModuleList(
+            ASSB(
+                dim=embed_dim, depth=depths[i], resi_connection=resi_connection, d_state=d_state,
+                num_heads=num_heads[i], window_size=window_size, inner_rank=inner_rank, num_tokens=num_tokens,
+                convffn_kernel_size=convffn_kernel_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                norm_layer=norm_layer, ffn=type(self).ffn,
+            )
+            for i in range(len(depths))
+        )
+        self.norm = norm_layer(embed_dim)
+        self.conv_after_body = residual_conv(embed_dim, resi_connection)
+
+        if upsampler in ("pixelshuffle", "nearest+conv"):
+            self.conv_before_upsample = nn.Sequential(
+                nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True)
+            )
+        if upsampler == "pixelshuffle":
+            self.upsample = pixelshuffle_upsample(upscale, num_feat)
+            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+        elif upsampler == "pixelshuffledirect":
+            self.upsample = nn.Sequential(
+                nn.Conv2d(embed_dim, upscale**2 * in_chans, 3, 1, 1), nn.PixelShuffle(upscale)
+            )
+        elif upsampler == "nearest+conv":
+            self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+            self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        else:
+            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+
+        if not self.conv_first.weight.is_meta:
+            self.apply(_init_weights)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        # Mirror padding by concatenating the flipped image (not reflect: the edge row repeats).
+        h, w = x.shape[-2:]
+        ws = self.window_size
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        x = torch.cat([x, torch.flip(x, [2])], 2)[:, :, :hp, :]
+        return torch.cat([x, torch.flip(x, [3])], 3)[:, :, :, :wp]
+
+    def forward_features(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x_size = (x.shape[2], x.shape[3])
+        x = self.patch_embed(x)
+        if self.ape:
+            x = x + self.absolute_pos_embed
+        for layer in self.layers:
+            x = layer(x, x_size, ctx)
+        x = self.norm(x)
+        return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, x_size[0], x_size[1])
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x (B, C, H, W) -> (B, C, H*scale, W*scale). Routing noise from ``generator`` or the global RNG."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        h_ori, w_ori = x.shape[-2:]
+        if min(h_ori, w_ori) < self.min_size:
+            raise ValueError(
+                f"input {h_ori}x{w_ori} is too small: {type(self).__name__} with window_size {self.window_size} "
+                f"needs height and width >= {self.min_size}"
+            )
+        x = self._pad(x)
+        h, w = x.shape[-2:]
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.img_range
+        ctx = ForwardContext(
+            attn_mask=shifted_window_mask(h, w, self.window_size, x.device),
+            rpi=self.relative_position_index_SA,
+            generator=generator,
+        )
+        if self.upsampler == "":
+            first = self.conv_first(x)
+            x = x + self.conv_last(self.conv_after_body(self.forward_features(first, ctx)) + first)
+        else:
+            x = self.conv_first(x)
+            x = self.conv_after_body(self.forward_features(x, ctx)) + x
+            if self.upsampler == "pixelshuffle":
+                x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
+            elif self.upsampler == "pixelshuffledirect":
+                x = self.upsample(x)
+            else:
+                x = self.conv_before_upsample(x)
+                x = self.lrelu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))
+                x = self.lrelu(self.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")))
+                x = self.conv_last(self.lrelu(self.conv_hr(x)))
+        x = x / self.img_range + mean
+        return x[..., : h_ori * self.upscale, : w_ori * self.upscale]
