@@ -131,7 +131,8 @@ def _fromarray_u8(pixels: np.ndarray) -> Image.Image:
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1..8) to HxWxC pixels, as ImageOps.exif_transpose does."""
     ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
            8: lambda a: np.rot90(a, 1)}
     op = ops.get(orientation)
     return np.ascontiguousarray(op(pixels)) if op else pixels
@@ -259,8 +260,8 @@ def output_format(path: str | os.PathLike) -> str:
 def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, quality: int = 95) -> None:
     """Write atomically; the format follows the suffix (.png .jpg .jpeg .webp .tif .tiff .bmp).
 
-    16-bit pixels stay 16-bit in PNG and TIFF and become 8-bit elsewhere; JPEG drops alpha
-    (it has none); the ICC profile is embedded in every format that supports one.
+    16-bit pixels stay 16-bit in PNG and TIFF and become 8-bit elsewhere; JPEG and BMP drop alpha
+    (they have none); the ICC profile is embedded in every format that supports one.
     """
     path = Path(path)
     if not isinstance(data, ImageData):
@@ -271,8 +272,8 @@ def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, qualit
         pixels = np.rint(np.clip(pixels, 0, 1) * 65535).astype(np.uint16)
     if pixels.dtype == np.uint16 and fmt not in ("PNG", "TIFF"):
         pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if fmt == "JPEG" and pixels.shape[2] in (2, 4):
-        pixels = pixels[:, :, :-1]
+    if fmt in ("JPEG", "BMP") and pixels.shape[2] in (2, 4):
+        pixels = pixels[:, :, :-1]  # neither format stores alpha (Pillow reads 32-bit BMP back as RGB)
     icc = data.icc_profile
     try:
         with atomic_path(path) as tmp:
