@@ -495,8 +495,8 @@ class MambaIRv2Base(nn.Module):
         self.scale = upscale if upsampler else 1
         # Flip padding doubles a side at most, so each side must cover half a window.
         self.min_size = (window_size + 1) // 2
-        mean = torch.tensor(RGB_MEAN).view(1, 3, 1, 1) if in_chans == 3 else torch.zeros(1, 1, 1, 1)
-        self.register_buffer("mean", mean, persistent=False)
+        # Not a buffer (as in the official code): the checkpoint does not hold it.
+        self.rgb_mean: tuple[float, ...] = RGB_MEAN if in_chans == 3 else (0.0,)
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim, norm_layer if patch_norm else None)
@@ -571,7 +571,7 @@ class MambaIRv2Base(nn.Module):
             )
         x = self._pad(x)
         h, w = x.shape[-2:]
-        mean = self.mean.to(x.dtype)
+        mean = torch.tensor(self.rgb_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) * self.img_range
         ctx = ForwardContext(
             attn_mask=shifted_window_mask(h, w, self.window_size, x.device),
