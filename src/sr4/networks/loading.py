@@ -109,17 +109,18 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     obj = _load_raw(path)
+    key_used = key is None
     for _ in range(3):  # wrappers may nest, e.g. {'state_dict': {'params': ...}}
         if _is_state_dict(obj) or not isinstance(obj, dict):
             break
-        if key is not None and key in obj:
-            obj = obj[key]
+        if not key_used and isinstance(obj.get(key), dict):
+            obj, key_used = obj[key], True
             continue
         found = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
         if found is None:
             break
         obj = obj[found]
-    if key is not None and not _is_state_dict(obj):
+    if not key_used:
         raise CheckpointError(f"{path}: no state_dict under key {key!r}")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
