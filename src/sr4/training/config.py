@@ -49,7 +49,7 @@ class RefinerConfig:
 @dataclass
 class SourceConfig:
     path: str = ""
-    weight: float = 1.0
+    weight: float = 1.0  # per-image sampling frequency: each image is drawn `weight` times per epoch
     # For paired data: folder of LR images matching the HR names (`0001.png` or `0001x4.png`).
     lr_path: str | None = None
 

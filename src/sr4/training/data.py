@@ -226,9 +226,9 @@ class StepBatchSampler(Sampler):
     batch as (k, index) keys. Takes the role of DistributedSampler: rank r gets the contiguous
     slice r of every global batch, so the union over ranks equals the single-process batch.
 
-    Epoch order: each source contributes a share of the epoch proportional to its weight (its
-    images cycled in a fresh permutation when the share exceeds its size), then the epoch is
-    shuffled; everything is seeded by (seed, epoch).
+    Epoch order: a source of n images with weight w contributes round(n * w) draws per epoch
+    (weight 1 = each image once, as a plain concatenation; 2 = twice; 0.5 = a random half), its
+    images cycled in fresh permutations; then the epoch is shuffled. All seeded by (seed, epoch).
     """
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], global_batch: int, seed: int,
@@ -238,8 +238,7 @@ class StepBatchSampler(Sampler):
         self.sizes, self.seed = list(sizes), seed
         self.global_batch, self.local_batch = global_batch, global_batch // world_size
         self.total_steps, self.start_step, self.rank = total_steps, start_step, rank
-        total, wsum = sum(self.sizes), sum(weights)
-        self.shares = [max(1, round(total * w / wsum)) for w in weights]
+        self.shares = [max(1, round(n * w)) for n, w in zip(self.sizes, weights)]
         self.offsets = np.cumsum([0] + self.sizes[:-1]).tolist()
         self.epoch_len = sum(self.shares)
         self._cache: tuple[int, np.ndarray] | None = None
