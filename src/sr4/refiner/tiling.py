@@ -1,0 +1,256 @@
+"""Tiling for the refiner: latent tiles for the transformer, and tiled VAE encode/decode.
+
+Latent tiles follow TSD-SR's `tile_sample`: square tiles of `tile` latents (shrunk to the short
+side when the latent is smaller), offsets k*(tile-overlap) with the last tile flush against the
+far edge, v blended with a Gaussian window (variance 0.01 of the normalised tile) and divided
+by the summed weights. One tile is run at a time, so transformer memory is set by the tile.
+
+VAE tiles: every tile is a "core" block of the output plus a halo of context around it; the net
+runs on core+halo and only the core is kept, so no blending is needed. GroupNorm layers inside
+the tiles do not use per-tile statistics (which would shift colours tile by tile): their
+per-group mean/variance are first estimated on a downscaled copy of the whole input (small
+enough for one pass), optionally refined by extra tiled passes that aggregate the statistics of
+every tile's core region. Memory is bounded by the tile size plus the downscaled copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------- latent tiles
+
+
+def gaussian_tile_weights(height: int, width: int) -> torch.Tensor:
+    """TSD-SR's blending window (float64, (height, width)).
+
+    Quirk kept from the original: the column centre is (width-1)/2 but the row centre height/2,
+    so the window is half a latent off-centre vertically. It only changes blend weights slightly.
+    """
+    var = 0.01
+
+    def profile(n: int, mid: float) -> torch.Tensor:
+        pos = torch.arange(n, dtype=torch.float64)
+        return torch.exp(-((pos - mid) ** 2) / (n * n) / (2 * var)) / math.sqrt(2 * math.pi * var)
+
+    return torch.outer(profile(height, height / 2), profile(width, (width - 1) / 2))
+
+
+def tile_offsets(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering [0, length) with `tile`-long windows, as TSD-SR lays out its grid."""
+    if tile >= length:
+        return [0]
+    stride = tile - overlap
+    if stride <= 0:
+        raise ValueError(f"tile overlap {overlap} must be smaller than the tile size {tile}")
+    count = 0
+    covered = 0
+    while covered < length:
+        covered = max(count * stride, 0) + tile
+        count += 1
+    return [k * stride for k in range(count - 1)] + [length - tile]
+
+
+def run_latent_tiles(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    tile: int,
+    overlap: int,
+    max_side: int | None = None,
+) -> torch.Tensor:
+    """Apply `fn` (latent -> v, same shape) over Gaussian-blended tiles; differentiable.
+
+    Runs in one call when the latent area fits one tile (TSD-SR's rule) and, unlike TSD-SR, also
+    requires each side to fit `max_side` (SD3's positional-embedding grid), so thin images tile
+    instead of failing.
+    """
+    h, w = z.shape[-2:]
+    if h * w <= tile * tile and (max_side is None or max(h, w) <= max_side):
+        return fn(z)
+    size = min(tile, h, w)
+    overlap = min(overlap, size // 2)  # a tile shrunk to a thin latent keeps a positive stride
+    window = gaussian_tile_weights(size, size).to(device=z.device, dtype=torch.float32)
+    acc = torch.zeros(z.shape, device=z.device, dtype=torch.float32)
+    weight = torch.zeros((h, w), device=z.device, dtype=torch.float32)
+    for top in tile_offsets(h, size, overlap):
+        for left in tile_offsets(w, size, overlap):
+            v = fn(z[..., top:top + size, left:left + size])
+            acc[..., top:top + size, left:left + size] += v.float() * window
+            weight[top:top + size, left:left + size] += window
+    return (acc / weight).to(z.dtype)
+
+
+# ----------------------------------------------------------------------------- VAE tiles
+
+
+@dataclass(frozen=True)
+class Span:
+    """A tile along one axis: input [start, stop), kept core [core_start, core_stop) (input units)."""
+
+    start: int
+    stop: int
+    core_start: int
+    core_stop: int
+
+
+def plan_spans(length: int, core: int, halo: int, align: int = 1) -> list[Span]:
+    """Cut [0, length) into cores of `core` units (multiples of `align`) with `halo` context each side."""
+    if core <= 0 or core % align:
+        raise ValueError(f"VAE tile core {core} must be a positive multiple of {align}")
+    halo = -(-halo // align) * align  # halo is rounded up so every tile starts on the alignment grid
+    spans = []
+    for c0 in range(0, length, core):
+        c1 = min(c0 + core, length)
+        if length - c1 < align:  # fold a remainder shorter than one aligned unit into the last core
+            c1 = length
+        spans.append(Span(max(0, c0 - halo), min(length, c1 + halo), c0, c1))
+        if c1 == length:
+            break
+    return spans
+
+
+class _GroupNormStats:
+    """Patches every GroupNorm of a module: record statistics, or normalise with given ones.
+
+    mode "record": normal GroupNorm, remembering each layer's per-group mean/var (batch mean).
+    mode "apply": normalise with the stored statistics; when `core` is set, also accumulate sum and
+    sum of squares over the core fraction of the tile, for a refined global estimate.
+    """
+
+    def __init__(self, net: nn.Module):
+        self.layers = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+        self.mode = "record"
+        self.stats: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
+        self.core: tuple[float, float, float, float] | None = None  # fractions: top, bottom, left, right
+        self.sums: list[list[torch.Tensor]] = []
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[_GroupNormStats]:
+        for index, layer in enumerate(self.layers):
+            layer.forward = self._make_forward(index, layer)  # instance attribute shadows the class method
+        try:
+            yield self
+        finally:
+            for layer in self.layers:
+                del layer.forward
+
+    def start_collecting(self) -> None:
+        self.sums = [[] for _ in self.layers]
+
+    def finish_collecting(self) -> None:
+        for index, parts in enumerate(self.sums):
+            if not parts:
+                continue
+            total = torch.stack(parts).sum(0)  # (3, G): count, sum, sum of squares
+            count, s1, s2 = total
+            mean = s1 / count
+            self.stats[index] = (mean, (s2 / count - mean * mean).clamp_min(0))
+        self.sums = []
+
+    def _make_forward(self, index: int, layer: nn.GroupNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            b, c = x.shape[:2]
+            g = layer.num_groups
+            grouped = x.float().reshape(b, g, -1)
+            if self.mode == "record":
+                mean = grouped.mean(-1).mean(0)
+                var = grouped.var(-1, unbiased=False).mean(0)
+                self.stats[index] = (mean.detach(), var.detach())
+            else:
+                stored = self.stats[index]
+                if stored is None:
+                    raise RuntimeError("GroupNorm statistics were not recorded before the tiled pass")
+                mean, var = stored
+                if self.core is not None and self.sums:
+                    self._accumulate(index, x, g)
+            out = (grouped - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + layer.eps)
+            out = out.reshape(x.shape).to(x.dtype)
+            if layer.affine:
+                shape = (1, c) + (1,) * (x.dim() - 2)
+                out = out * layer.weight.reshape(shape) + layer.bias.reshape(shape)
+            return out
+
+        return forward
+
+    def _accumulate(self, index: int, x: torch.Tensor, groups: int) -> None:
+        top, bottom, left, right = self.core
+        h, w = x.shape[-2:]
+        region = x[..., round(top * h):max(round(bottom * h), round(top * h) + 1),
+                   round(left * w):max(round(right * w), round(left * w) + 1)].detach().float()
+        flat = region.reshape(region.shape[0], groups, -1)
+        count = torch.full((groups,), float(flat.shape[0] * flat.shape[-1]), device=x.device)
+        self.sums[index].append(torch.stack([count, flat.sum((0, 2)), (flat * flat).sum((0, 2))]))
+
+
+@dataclass(frozen=True)
+class VAETileConfig:
+    """Tile sizes in the net's input units (pixels for the encoder, latents for the decoder)."""
+
+    tile: int
+    halo: int
+    align: int  # tile starts must fall on this grid (8 px for the encoder so latents line up)
+    scale: float  # output units per input unit (1/8 encoder, 8 decoder)
+    stat_size: int  # long side of the downscaled copy that seeds the GroupNorm statistics
+    refine_passes: int = 0  # extra tiled passes that re-estimate the statistics from all tiles
+
+
+def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Module, x: torch.Tensor,
+                  cfg: VAETileConfig) -> torch.Tensor:
+    """Run a convolutional VAE half tile by tile with shared GroupNorm statistics."""
+    h, w = x.shape[-2:]
+    core = max(cfg.align, (cfg.tile - 2 * cfg.halo) // cfg.align * cfg.align)
+    rows = plan_spans(h, core, cfg.halo, cfg.align)
+    cols = plan_spans(w, core, cfg.halo, cfg.align)
+    stats = _GroupNormStats(modules)
+    with stats.patched():
+        with torch.no_grad():  # statistics are treated as constants (no gradient through them)
+            stats.mode = "record"
+            factor = min(1.0, cfg.stat_size / max(h, w))
+            small = x
+            if factor < 1.0:
+                size = (max(cfg.align, round(h * factor / cfg.align) * cfg.align),
+                        max(cfg.align, round(w * factor / cfg.align) * cfg.align))
+                small = F.interpolate(x, size=size, mode="area")
+            net(small)
+            stats.mode = "apply"
+            for _ in range(cfg.refine_passes):
+                stats.start_collecting()
+                _tiled_pass(net, x, rows, cols, cfg.scale, stats)
+                stats.finish_collecting()
+        stats.mode = "apply"
+        stats.core = None
+        return _tiled_pass(net, x, rows, cols, cfg.scale, stats)
+
+
+def _tiled_pass(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: list[Span], cols: list[Span],
+                scale: float, stats: _GroupNormStats) -> torch.Tensor | None:
+    out_rows = []
+    for r in rows:
+        out_cols = []
+        for c in cols:
+            tile = x[..., r.start:r.stop, c.start:c.stop]
+            th, tw = r.stop - r.start, c.stop - c.start
+            if stats.sums:
+                stats.core = ((r.core_start - r.start) / th, (r.core_stop - r.start) / th,
+                              (c.core_start - c.start) / tw, (c.core_stop - c.start) / tw)
+            y = net(tile)
+            out_cols.append(_crop_core(y, r, c, scale))
+        out_rows.append(torch.cat(out_cols, dim=-1))
+    return torch.cat(out_rows, dim=-2)
+
+
+def _crop_core(y: torch.Tensor, r: Span, c: Span, scale: float) -> torch.Tensor:
+    def bounds(s: Span) -> tuple[int, int]:
+        first = math.floor((s.core_start - s.start) * scale)
+        last = math.floor(s.core_stop * scale) - math.floor(s.start * scale)
+        return first, last
+
+    t0, t1 = bounds(r)
+    l0, l1 = bounds(c)
+    return y[..., t0:t1, l0:l1]

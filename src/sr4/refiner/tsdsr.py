@@ -1,0 +1,223 @@
+"""Stage M: TSD-SR, a one-step diffusion refiner on SD3 (transformer + VAE with TSD-SR's LoRA).
+
+Math (TSD-SR `test/test_tsdsr.py`): with x in [-1, 1],
+    z  = E(x).sample() * scaling_factor          (no shift_factor)
+    v  = transformer(z, prompt_embeds, pooled, t=1000)
+    z0 = z - v
+    y  = D(z0 / scaling_factor).clamp(-1, 1) * 0.5 + 0.5
+
+The forward is differentiable with respect to its input while every parameter is frozen, so a
+trainer can back-propagate a loss on M's output into the upsampler. No torch.no_grad() is used on
+the math path: the caller decides (the pipelines wrap inference in torch.inference_mode()).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sr4.refiner.folder import ModelFolder, validate_model_folder
+from sr4.refiner.lora import TRANSFORMER_TARGETS, VAE_TARGETS, attach_lora, merge_lora, read_lora_file
+from sr4.refiner.tiling import VAETileConfig, run_latent_tiles, run_vae_tiled
+
+TIMESTEP = 1000.0
+
+
+@dataclass
+class RefinerConfig:
+    """Options of the refiner. Tile sizes: latent tiles in latents, VAE encoder tiles in pixels,
+    VAE decoder tiles in latents (TSD-SR defaults: 64/8, 1024, 224)."""
+
+    latent: Literal["sample", "mean"] = "sample"
+    seed: int = 0  # used when forward() gets no generator, so repeated calls give the same image
+    latent_tile: int = 64
+    latent_overlap: int = 8
+    vae_tiling: bool = False
+    vae_encoder_tile: int = 1024
+    vae_encoder_halo: int = 32
+    vae_decoder_tile: int = 224
+    vae_decoder_halo: int = 11
+    vae_stat_size: int = 512  # long side (pixels for the encoder, x8 for the decoder) of the stats pass
+    vae_stat_passes: int = 0  # extra tiled passes refining the shared GroupNorm statistics
+    clamp_input: bool = False  # TSD-SR clamps x*2-1 to [-1, 1]; SNUCV does not
+
+    def __post_init__(self) -> None:
+        if self.latent not in ("sample", "mean"):
+            raise ValueError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
+        if self.latent_tile <= 0 or not 0 <= self.latent_overlap < self.latent_tile:
+            raise ValueError(f"need 0 <= latent_overlap < latent_tile, got {self.latent_overlap}, {self.latent_tile}")
+        for name in ("vae_encoder_tile", "vae_decoder_tile"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+def _load_embeddings(path: os.PathLike, what: str, ndim: int) -> torch.Tensor:
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read {what} ({exc})") from exc
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != ndim:
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ValueError(f"{path}: {what} must be a {ndim}-d tensor, got {shape}")
+    return tensor
+
+
+def _check_embeddings(prompt: torch.Tensor, pooled: torch.Tensor, tconfig, folder: ModelFolder) -> None:
+    if prompt.shape[-1] != tconfig.joint_attention_dim:
+        raise ValueError(f"{folder.prompt_embeds}: last dimension {prompt.shape[-1]} does not match the transformer's "
+                         f"joint_attention_dim {tconfig.joint_attention_dim}")
+    if pooled.shape[-1] != tconfig.pooled_projection_dim:
+        raise ValueError(f"{folder.pool_embeds}: last dimension {pooled.shape[-1]} does not match the transformer's "
+                         f"pooled_projection_dim {tconfig.pooled_projection_dim}")
+
+
+class TSDSRRefiner(nn.Module):
+    """TSD-SR one-step refiner. forward(x in [0,1], generator) -> refined image in [0,1], same size
+    (sides that are not multiples of 8 are handled as SNUCV does: the VAE floors, the output is
+    resized back bicubically)."""
+
+    def __init__(self, transformer: nn.Module, vae: nn.Module, prompt_embeds: torch.Tensor,
+                 pooled_embeds: torch.Tensor, config: RefinerConfig | None = None):
+        super().__init__()
+        self.transformer = transformer
+        self.vae = vae
+        self.config = config or RefinerConfig()
+        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
+        self.register_buffer("pooled_embeds", pooled_embeds, persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_model_dir(cls, model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32, merge: bool = False,
+                       config: RefinerConfig | None = None, folder: ModelFolder | None = None) -> TSDSRRefiner:
+        """Load SD3 transformer + VAE (diffusers layout, local files only), LoRA and embeddings."""
+        from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+        folder = folder or validate_model_folder(model_dir, need_upsampler=False)
+        common = {"local_files_only": True, "torch_dtype": torch.float32}
+        transformer = SD3Transformer2DModel.from_pretrained(folder.transformer_dir, variant=folder.transformer_variant,
+                                                            **common)
+        vae = AutoencoderKL.from_pretrained(folder.vae_dir, variant=folder.vae_variant, **common)
+        attach_lora(transformer, read_lora_file(folder.transformer_lora), TRANSFORMER_TARGETS,
+                    str(folder.transformer_lora))
+        attach_lora(vae, read_lora_file(folder.vae_lora), VAE_TARGETS, str(folder.vae_lora))
+        if merge:  # merge in fp32 before casting, so the fused weight is rounded once
+            merge_lora(transformer)
+            merge_lora(vae)
+        prompt = _load_embeddings(folder.prompt_embeds, "prompt embeddings", 3)
+        pooled = _load_embeddings(folder.pool_embeds, "pooled prompt embeddings", 2)
+        _check_embeddings(prompt, pooled, transformer.config, folder)
+        refiner = cls(transformer, vae, prompt, pooled, config)
+        return refiner.to(device=device, dtype=dtype)
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapters into the base weights (faster; same output within fp tolerance)."""
+        merge_lora(self.transformer)
+        merge_lora(self.vae)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.prompt_embeds.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_embeds.device
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ stages
+    def _encoder_moments(self, x: torch.Tensor) -> torch.Tensor:
+        def net(t: torch.Tensor) -> torch.Tensor:
+            h = self.vae.encoder(t)
+            return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
+
+        cfg = self.config
+        if not cfg.vae_tiling or max(x.shape[-2:]) <= cfg.vae_encoder_tile:
+            return net(x)
+        f = self.vae_factor
+        tiles = VAETileConfig(tile=cfg.vae_encoder_tile, halo=cfg.vae_encoder_halo, align=f, scale=1.0 / f,
+                              stat_size=cfg.vae_stat_size, refine_passes=cfg.vae_stat_passes)
+        return run_vae_tiled(net, self.vae.encoder, x, tiles)
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x in [-1,1] (model dtype) -> scaled latent z (sample or mean per config)."""
+        moments = self._encoder_moments(x)
+        mean, logvar = torch.chunk(moments, 2, dim=1)
+        if self.config.latent == "mean":
+            latent = mean
+        else:
+            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+            if generator is None:
+                generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+            # Noise is drawn in fp32 on the generator's device so CPU and CUDA runs share a seed's draw.
+            noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=torch.float32)
+            latent = mean + std * noise.to(device=mean.device, dtype=mean.dtype)
+        return latent * self.scaling_factor
+
+    def predict_v(self, z: torch.Tensor) -> torch.Tensor:
+        """Transformer velocity at t=1000 with the fixed prompt, on Gaussian-blended latent tiles."""
+        patch = int(self.transformer.config.patch_size)
+        max_pos = self.transformer.config.pos_embed_max_size
+        max_side = None if max_pos is None else int(max_pos) * patch
+
+        def call(tile: torch.Tensor) -> torch.Tensor:
+            b = tile.shape[0]
+            h, w = tile.shape[-2:]
+            ph, pw = (-h) % patch, (-w) % patch  # odd latent sides: SD3 patches need multiples of patch_size
+            if ph or pw:
+                tile = F.pad(tile, (0, pw, 0, ph), mode="replicate")
+            v = self.transformer(
+                hidden_states=tile,
+                timestep=torch.full((b,), TIMESTEP, device=tile.device, dtype=tile.dtype),
+                encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1),
+                pooled_projections=self.pooled_embeds.expand(b, -1),
+                return_dict=False,
+            )[0]
+            return v[..., :h, :w]
+
+        return run_latent_tiles(call, z, self.config.latent_tile, self.config.latent_overlap, max_side)
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> image in [-1, 1] (not clamped)."""
+        latent = z0 / self.scaling_factor
+        if self.vae.post_quant_conv is not None:
+            latent = self.vae.post_quant_conv(latent)
+        cfg = self.config
+        if not cfg.vae_tiling or max(latent.shape[-2:]) <= cfg.vae_decoder_tile:
+            return self.vae.decoder(latent)
+        f = self.vae_factor
+        tiles = VAETileConfig(tile=cfg.vae_decoder_tile, halo=cfg.vae_decoder_halo, align=1, scale=float(f),
+                              stat_size=max(1, cfg.vae_stat_size // f), refine_passes=cfg.vae_stat_passes)
+        return run_vae_tiled(self.vae.decoder, self.vae.decoder, latent, tiles)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x (B,3,H,W) float in [0,1] -> refined (B,3,H,W) in [0,1], in x's dtype."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"refiner input must be (B,3,H,W), got {tuple(x.shape)}")
+        f = self.vae_factor
+        if min(x.shape[-2:]) < f:
+            raise ValueError(f"refiner input sides must be >= {f} px, got {tuple(x.shape[-2:])}")
+        out_dtype = x.dtype if x.dtype.is_floating_point else torch.float32
+        pixels = x.to(device=self.device, dtype=self.dtype) * 2 - 1
+        if self.config.clamp_input:
+            pixels = pixels.clamp(-1, 1)
+        z = self.encode(pixels, generator)
+        z0 = z - self.predict_v(z)
+        image = self.decode(z0).clamp(-1, 1) * 0.5 + 0.5
+        if image.shape[-2:] != x.shape[-2:]:  # sides not multiples of 8: resize back, as SNUCV does
+            image = F.interpolate(image, size=tuple(x.shape[-2:]), mode="bicubic", align_corners=False).clamp(0, 1)
+        return image.to(out_dtype)
