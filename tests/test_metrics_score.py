@@ -16,7 +16,9 @@ TABLE = {
 def test_published_scores(team):
     lp, di, ni, ma, mu, cl, published = TABLE[team]
     avg = {"lpips": lp, "dists": di, "niqe": ni, "maniqa": ma, "musiq": mu, "clipiqa": cl}
-    assert round(challenge_score(avg), 4) == published
+    # The table's averages are themselves rounded to 4 decimals (SNUCV's recomputes to 4.34727), so
+    # agreement is to the 4th decimal, not bit-exact rounding.
+    assert challenge_score(avg) == pytest.approx(published, abs=1e-4)
 
 
 def test_niqe_term_is_clamped_and_terms_reported():
