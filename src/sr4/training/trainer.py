@@ -78,24 +78,15 @@ def _barrier(info: DistInfo) -> None:
 
 # ---------------------------------------------------------------- building blocks
 
-def _read_any_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return ckpt_io.load_weights(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("params_ema", "params"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            return obj[key]
-    return obj
-
-
 def build_upsampler(m: ModelConfig) -> nn.Module:
     if m.arch == "conv":
         from sr4.training.toy import ConvUpsampler
 
         model: nn.Module = ConvUpsampler(scale=m.scale, **m.kwargs)
         if m.checkpoint:
-            state = {k.removeprefix("module."): v for k, v in _read_any_weights(Path(m.checkpoint)).items()}
-            model.load_state_dict(state)
+            from sr4.networks.loading import read_state_dict
+
+            model.load_state_dict(read_state_dict(m.checkpoint))
     elif m.checkpoint:
         from sr4.networks.loading import load_upsampler
 
