@@ -128,9 +128,9 @@ def test_crash_while_saving_keeps_latest_complete(tmp_path, monkeypatch):
 
 
 def test_cli_run_writes_experiment_and_refuses_to_overwrite(tmp_path, capsys):
-    from sr4.cli import main
-
     import yaml
+
+    from sr4.cli import main
 
     cfg = conv_cfg(tmp_path, total_steps=2, val_every=2, **{"data.max_val_images": 1})
     cfg_path = tmp_path / "run.yaml"
@@ -172,8 +172,8 @@ def test_mambairv2_checkpoint_is_readable_by_load_upsampler(tmp_path):
     from sr4.networks.loading import load_upsampler
 
     write_tiny_upsampler(tmp_path / "start.pth", seed=3)
-    cfg = conv_cfg(tmp_path, total_steps=1, **{"model.arch": "mambairv2", "model.checkpoint": str(tmp_path / "start.pth"),
-                                                "model.kwargs": {}})
+    cfg = conv_cfg(tmp_path, total_steps=1, **{"model.arch": "mambairv2", "model.kwargs": {},
+                                                "model.checkpoint": str(tmp_path / "start.pth")})
     trainer = Trainer(config_from_dict(cfg))
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
