@@ -1,0 +1,130 @@
+"""Where the learned metrics' weight files are looked for, and how they are read.
+
+Nothing is ever downloaded. The default root is torch's hub directory, where pyiqa and
+torchvision cache their downloads: ``$TORCH_HOME/hub`` (TORCH_HOME defaults to ~/.cache/torch),
+with pyiqa's files in ``pyiqa/``, torchvision's in ``checkpoints/`` and OpenAI CLIP's in ``clip/``.
+``--weights-dir DIR`` replaces that root; a file is also accepted directly in ``DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class WeightsError(RuntimeError):
+    """A weight file is missing, unreadable or does not fit the network."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str  # file name, as pyiqa / torchvision / CLIP name it
+    subdir: str  # folder under the root where the original tool caches it
+    purpose: str
+    note: str = ""  # when it is not needed, or where else it may live
+
+    def candidates(self, root: Path) -> list[Path]:
+        return [root / self.subdir / self.name, root / self.name]
+
+    def find(self, root: Path) -> Path | None:
+        for p in self.candidates(root):
+            if p.is_file():
+                return p
+        return None
+
+
+def default_root() -> Path:
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "torch"
+    )
+    return Path(torch_home) / "hub"
+
+
+def resolve_root(weights_dir: str | os.PathLike | None) -> Path:
+    return Path(weights_dir).expanduser() if weights_dir else default_root()
+
+
+# pyiqa v0.1.13 file names (pyiqa/archs/*_arch.py default_model_urls) and torchvision's.
+LPIPS_ALEX = WeightFile("LPIPS_v0.1_alex-df73285e.pth", "pyiqa", "LPIPS v0.1 linear heads (pyiqa)")
+ALEXNET = WeightFile(
+    "alexnet-owt-7be5be79.pth", "checkpoints", "AlexNet ImageNet backbone (torchvision)",
+    "not needed when the LPIPS file already holds net.* keys",
+)
+DISTS_W = WeightFile("DISTS_weights-f5e65c96.pth", "pyiqa", "DISTS alpha/beta (pyiqa)")
+VGG16 = WeightFile(
+    "vgg16-397923af.pth", "checkpoints", "VGG16 ImageNet backbone (torchvision)",
+    "not needed when the DISTS file already holds stage*.* keys",
+)
+CLIP_RN50 = WeightFile("RN50.pt", "clip", "OpenAI CLIP RN50 (CLIP-IQA via pyiqa)")
+MUSIQ_KONIQ = WeightFile("musiq_koniq_ckpt-e95806b9.pth", "pyiqa", "MUSIQ KonIQ checkpoint (pyiqa)")
+MANIQA_KONIQ = WeightFile("ckpt_koniq10k.pt", "pyiqa", "MANIQA KonIQ checkpoint (pyiqa)")
+
+METRIC_FILES: dict[str, tuple[WeightFile, ...]] = {
+    "lpips": (LPIPS_ALEX, ALEXNET),
+    "dists": (DISTS_W, VGG16),
+    "clipiqa": (CLIP_RN50,),
+    "maniqa": (MANIQA_KONIQ,),
+    "musiq": (MUSIQ_KONIQ,),
+}
+# MANIQA also builds timm's vit_base_patch8_224 with pretrained=True before loading its checkpoint
+# over it, so timm must find that backbone in the Hugging Face cache.
+MANIQA_TIMM_REPO = "timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"
+
+
+def hf_cache_dir() -> Path:
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
+    )
+    return Path(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"))
+
+
+def timm_backbone_present() -> bool:
+    folder = hf_cache_dir() / ("models--" + MANIQA_TIMM_REPO.replace("/", "--"))
+    return folder.is_dir() and any(folder.glob("snapshots/*/*.safetensors")) or any(folder.glob("snapshots/*/*.bin"))
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a .pth/.pt/.safetensors state dict safely (no pickled code), unwrapping common nesting."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickled objects, ...
+        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    for key in ("params", "state_dict", "model"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def assign(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: Path, filled: set[str]) -> None:
+    """Copy matching entries into ``module``'s state (shape-checked), recording which keys were set."""
+    own = module.state_dict()
+    for key, value in tensors.items():
+        if key not in own:
+            continue
+        if tuple(own[key].shape) != tuple(value.shape):
+            raise WeightsError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+        own[key].copy_(value.to(own[key].dtype))
+        filled.add(key)
+
+
+def require_filled(module: torch.nn.Module, filled: set[str], what: str) -> None:
+    missing = [k for k in module.state_dict() if k not in filled and not k.endswith(_DERIVED_BUFFERS)]
+    if missing:
+        shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+        raise WeightsError(f"{what}: {len(missing)} tensors not found in the weight files: {shown}")
+
+
+# Constant buffers rebuilt by the modules themselves (normalisation constants, pooling filters).
+_DERIVED_BUFFERS = (".shift", ".scale", "mean", "std", ".filter")
