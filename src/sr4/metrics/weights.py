@@ -84,7 +84,7 @@ def hf_cache_dir() -> Path:
 
 def timm_backbone_present() -> bool:
     folder = hf_cache_dir() / ("models--" + MANIQA_TIMM_REPO.replace("/", "--"))
-    return folder.is_dir() and any(folder.glob("snapshots/*/*.safetensors")) or any(folder.glob("snapshots/*/*.bin"))
+    return folder.is_dir() and (any(folder.glob("snapshots/*/*.safetensors")) or any(folder.glob("snapshots/*/*.bin")))
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

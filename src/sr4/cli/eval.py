@@ -1,0 +1,119 @@
+"""`sr4 eval SR_DIR HR_DIR`: the NTIRE 2025 x4 metrics and score, offline, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+METRIC_NAMES = ("psnr", "ssim", "lpips", "dists", "niqe", "clipiqa", "maniqa", "musiq")
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sr_dir", nargs="?", type=Path, help="folder of SR images (e.g. 0901x4.png or 0901.png)")
+    p.add_argument("hr_dir", nargs="?", type=Path, help="folder of HR images (e.g. 0901.png)")
+    p.add_argument("--out", type=Path, help="output folder for metrics.csv, summary.json, report.html "
+                                            "(default: SR_DIR with '_eval' appended, next to it)")
+    p.add_argument("--metrics", default=",".join(METRIC_NAMES),
+                   help=f"comma-separated subset of {','.join(METRIC_NAMES)} (default: all)")
+    p.add_argument("--weights-dir", help="root holding pyiqa/, checkpoints/ and clip/ weight folders "
+                                         "(default: $TORCH_HOME/hub, TORCH_HOME defaults to ~/.cache/torch)")
+    p.add_argument("--list-weights", action="store_true",
+                   help="print every weight file each learned metric needs, where it is looked for, and exit")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--channel", choices=("y", "rgb"), default="y",
+                   help="PSNR/SSIM on the Y channel (challenge, default) or on RGB (not the challenge's)")
+    p.add_argument("--crop-border", type=int, default=4, help="PSNR/SSIM: pixels shaved per border (challenge: 4)")
+    p.add_argument("--modcrop", type=int, default=4, help="PSNR/SSIM: crop sizes to a multiple of this (challenge: 4)")
+    p.add_argument("--niqe-color", choices=("yiq", "ycbcr"), default="yiq",
+                   help="NIQE gray channel: YIQ Y as pyiqa/the challenge (default) or YCbCr Y as basicsr")
+    p.add_argument("--sr-pattern", default=None,
+                   help="regex on the SR file stem with a (?P<key>...) group naming the HR stem "
+                        "(default: strip a trailing 'x4')")
+    p.add_argument("--resize-mismatch", action="store_true",
+                   help="resize an SR image whose size differs from its HR to the HR size (MATLAB bicubic) "
+                        "instead of skipping it")
+    p.add_argument("--seed", type=int, default=0, help="torch seed set before scoring (recorded in the summary)")
+    p.add_argument("--no-report", action="store_true", help="write only metrics.csv and summary.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sr4.metrics.learned import format_weight_status, weight_status
+
+    if args.list_weights:
+        print(format_weight_status(weight_status(args.weights_dir)))
+        return 0
+    if args.sr_dir is None or args.hr_dir is None:
+        print("sr4 eval: give SR_DIR and HR_DIR (or --list-weights)", file=sys.stderr)
+        return 2
+
+    from sr4.metrics.evaluate import DEFAULT_SR_PATTERN, EvalConfig, pair_files
+    from sr4.metrics.niqe import NIQEConfig
+    from sr4.metrics.psnr_ssim import FidelityConfig
+
+    for d in (args.sr_dir, args.hr_dir):
+        if not d.is_dir():
+            print(f"sr4 eval: {d}: not a directory", file=sys.stderr)
+            return 2
+    try:
+        cfg = EvalConfig(
+            metrics=tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip()),
+            fidelity=FidelityConfig(modcrop=args.modcrop, crop_border=args.crop_border, channel=args.channel),
+            niqe=NIQEConfig(color=args.niqe_color),
+            sr_pattern=args.sr_pattern or DEFAULT_SR_PATTERN,
+            resize_mismatch=args.resize_mismatch,
+            weights_dir=args.weights_dir,
+            device=args.device,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"sr4 eval: {exc}", file=sys.stderr)
+        return 2
+
+    pairs, problems = pair_files(args.sr_dir, args.hr_dir, cfg.sr_pattern)
+    if not pairs:
+        print(f"sr4 eval: no SR/HR pairs found between {args.sr_dir} and {args.hr_dir}", file=sys.stderr)
+        for f, msg in problems:
+            print(f"  {f}: {msg}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    from sr4.metrics.evaluate import evaluate_pairs
+    from sr4.metrics.report import write_csv, write_report
+
+    bar = tqdm(total=len(pairs), desc="sr4 eval", unit="img", disable=args.quiet, file=sys.stderr)
+    try:
+        result = evaluate_pairs(pairs, cfg, problems, progress=lambda pair: bar.update(1))
+    except RuntimeError as exc:  # e.g. a CUDA device that is not there
+        bar.close()
+        print(f"sr4 eval: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+
+    out = args.out or args.sr_dir.parent / (args.sr_dir.name + "_eval")
+    if args.no_report:
+        import json
+
+        from sr4.metrics.report import summary
+        from sr4.utils.atomic import atomic_write_text
+
+        write_csv(result, out / "metrics.csv")
+        atomic_write_text(out / "summary.json", json.dumps(
+            summary(result, args.sr_dir, args.hr_dir, {"csv": "metrics.csv", "summary": "summary.json"}), indent=2))
+    else:
+        write_report(result, out, args.sr_dir, args.hr_dir)
+
+    for m in cfg.metrics:
+        if m in result.unavailable:
+            print(f"{m:8s} unavailable: {result.unavailable[m]}")
+        else:
+            avg = result.averages.get(m)
+            print(f"{m:8s} {avg:.4f}  ({result.counts[m]} images)" if avg is not None else f"{m:8s} -")
+    print("score    " + (f"{result.score:.4f}" if result.score is not None
+                         else f"not computed (needs {', '.join(result.score_missing)})"))
+    for f, msg in result.errors:
+        print(f"skipped  {f}: {msg}", file=sys.stderr)
+    print(f"results in {out}")
+    return 1 if result.errors else 0
