@@ -281,3 +281,35 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ImageError, match="No space left"):
         write_image(tmp_path / "out.png", _rgb())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out_ext", [".jpg", ".png", ".webp"])
+def test_exif_kept_without_orientation(tmp_path: Path, out_ext: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "TestCam"  # Make
+    Image.fromarray(_rgb(6, 10)).save(tmp_path / "src.jpg", exif=exif.tobytes())
+    data = read_image(tmp_path / "src.jpg")
+    assert data.pixels.shape == (10, 6, 3)  # rotated
+    write_image(tmp_path / f"out{out_ext}", data)
+    with Image.open(tmp_path / f"out{out_ext}") as im:
+        back = im.getexif()
+    assert back.get(0x010F) == "TestCam" and 0x0112 not in back  # no second rotation by viewers
+
+
+def test_exif_in_16bit_png(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif[0x0112] = 3
+    pixels = RNG.integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    write_image(tmp_path / "a.png", ImageData(pixels=pixels, exif=exif.tobytes()))
+    data = read_image(tmp_path / "a.png")  # orientation 3 = rotated 180 on read
+    np.testing.assert_array_equal(data.pixels, pixels[::-1, ::-1])
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.getexif().get(0x010F) == "TestCam"
+    assert data.exif is not None
+
+
+def test_tiff_structure_tags_are_not_copied_as_exif(tmp_path: Path) -> None:
+    write_image(tmp_path / "a.tif", _rgb())
+    assert read_image(tmp_path / "a.tif").exif is None

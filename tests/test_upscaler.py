@@ -225,3 +225,17 @@ def test_mambairv2_tiled_close_to_untiled(mamba_ckpt: Path) -> None:
     # every pixel slightly; on this small random net the change is bounded by 0.05.
     diff = (tiled - full).abs()
     assert diff.max() < 0.05, diff.max()
+
+
+def test_subclass_without_progress_argument(tmp_path: Path) -> None:
+    from sr4.pipeline.base import ImageProcessor
+
+    class Minimal(ImageProcessor):
+        scale = 2
+
+        def upscale_rgb(self, x, generator):  # type: ignore[no-untyped-def,override]
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+
+    calls: list[tuple[int, int]] = []
+    out = Minimal()(torch.rand(3, 4, 5), progress=lambda d, n: calls.append((d, n)))
+    assert out.shape == (3, 8, 10) and calls == []

@@ -48,6 +48,9 @@ class ImageData:
 
     pixels: np.ndarray
     icc_profile: bytes | None = None
+    #: EXIF block of the source (JPEG/PNG/WebP) without its Orientation tag, which was applied to
+    #: the pixels; written back to JPEG/PNG/WebP outputs so camera data and dates survive.
+    exif: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.ndim == 2:
@@ -196,11 +199,24 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         try:
             img.load()
             data = from_pil(img)
-            orientation = img.getexif().get(0x0112, 1)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(path, f"truncated or corrupt {img.format} image data ({exc})") from None
-    data.pixels = _orient(data.pixels, int(orientation) if isinstance(orientation, int) else 1)
+        orientation, exif = _split_exif(img.getexif())
+    data.pixels = _orient(data.pixels, orientation)
+    # In TIFF the "EXIF" Pillow reports is the file's own structure tags: never copy those.
+    data.exif = exif if img.format != "TIFF" else None
     return data
+
+
+def _split_exif(exif: Image.Exif) -> tuple[int, bytes | None]:
+    """(orientation, EXIF bytes without the orientation tag or None); a damaged block is dropped."""
+    try:
+        orientation = exif.get(0x0112, 1)
+        orientation = int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+        exif.pop(0x0112, None)
+        return orientation, (exif.tobytes() if len(exif) else None)
+    except Exception:  # EXIF blocks in the wild are often malformed; the pixels matter more
+        return 1, None
 
 
 def _is_16bit_colour_tiff(img: Image.Image) -> bool:
@@ -216,15 +232,15 @@ def _read_png16(path: Path) -> ImageData:
         raise ImageError(path, str(exc)) from None
     except PermissionError:
         raise ImageError(path, "permission denied (cannot read the file)") from None
-    orientation = 1
+    orientation, exif_out = 1, None
     if exif:
         ex = Image.Exif()
         try:
             ex.load(exif)
-            orientation = int(ex.get(0x0112, 1))
         except Exception:  # a corrupt EXIF block must not lose the pixels
-            orientation = 1
-    return ImageData(pixels=_orient(pixels, orientation), icc_profile=icc)
+            ex = Image.Exif()
+        orientation, exif_out = _split_exif(ex)
+    return ImageData(pixels=_orient(pixels, orientation), icc_profile=icc, exif=exif_out)
 
 
 def _read_tiff16(path: Path) -> ImageData:
@@ -279,12 +295,14 @@ def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, qualit
         with atomic_path(path) as tmp:
             if pixels.dtype == np.uint16 and pixels.shape[2] > 1:
                 if fmt == "PNG":
-                    tmp.write_bytes(png16.encode(pixels, icc))
+                    tmp.write_bytes(png16.encode(pixels, icc, exif=data.exif))
                 else:
                     _write_tiff16(tmp, pixels, icc)
             else:
                 img = to_pil(ImageData(pixels=np.ascontiguousarray(pixels)))
                 kwargs: dict = {"icc_profile": icc} if icc else {}
+                if data.exif and fmt in ("JPEG", "PNG", "WEBP"):
+                    kwargs["exif"] = data.exif
                 if fmt in ("JPEG", "WEBP"):
                     kwargs["quality"] = quality
                 if fmt == "TIFF":

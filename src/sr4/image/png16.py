@@ -106,7 +106,7 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def encode(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6) -> bytes:
+def encode(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6, exif: bytes | None = None) -> bytes:
     """HxWxC uint16 (C in 1..4) -> 16-bit PNG bytes, every row with the 'Up' filter."""
     if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"expected HxWxC uint16 with C in 1..4, got {pixels.dtype} {pixels.shape}")
@@ -119,5 +119,7 @@ def encode(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6)
     parts = [SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, ctype, 0, 0, 0))]
     if icc_profile:
         parts.append(_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
+    if exif:
+        parts.append(_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
     parts += [_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)), _chunk(b"IEND", b"")]
     return b"".join(parts)

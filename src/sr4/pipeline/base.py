@@ -20,6 +20,7 @@ processor are independent and each result depends only on (image, seed).
 from __future__ import annotations
 
 import abc
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +53,7 @@ class ImageProcessor(abc.ABC):
 
     @abc.abstractmethod
     def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None
-                    ) -> torch.Tensor:
+                    ) -> torch.Tensor:  # `progress` may be left out of an implementation's signature
         """x: (1, 3, H, W) float32 in [0, 1] -> (1, 3, scale*H, scale*W) float.
 
         x stays where the caller's pixels are (the CPU for files, PIL images and numpy arrays; the
@@ -147,7 +148,10 @@ class ImageProcessor(abc.ABC):
         color, alpha = (planes[:1], planes[1:]) if c <= 2 else (planes[:3], planes[3:])
         rgb = color.expand(3, h, w) if c <= 2 else color
         with torch.inference_mode():
-            out = self.upscale_rgb(rgb.unsqueeze(0).contiguous(), self.make_generator(seed), progress)
+            x, gen = rgb.unsqueeze(0).contiguous(), self.make_generator(seed)
+            # `progress` is optional in the contract: only pass it to implementations that take it.
+            takes_progress = "progress" in inspect.signature(self.upscale_rgb).parameters
+            out = self.upscale_rgb(x, gen, progress) if takes_progress else self.upscale_rgb(x, gen)
             out = out.float()[0].clamp_(0.0, 1.0).to(planes.device)
             if out.shape[-2:] != (h * self.scale, w * self.scale):
                 raise RuntimeError(f"upscaler returned {tuple(out.shape[-2:])} for a {h}x{w} input at scale "
@@ -169,8 +173,9 @@ class ImageProcessor(abc.ABC):
                      quality: int = 95, progress: ProgressFn | None = None) -> Path:
         """Read `src` (EXIF orientation applied), upscale, write `dst` atomically (format from its suffix).
 
-        Bit depth, gray/colour, alpha and the ICC profile are kept where the output format allows
-        (16 bits only in PNG/TIFF; JPEG drops alpha). Raises `sr4.image.io.ImageError` naming the
+        Bit depth, gray/colour, alpha, the ICC profile and EXIF (less the orientation, already
+        applied) are kept where the output format allows (16 bits only in PNG/TIFF; JPEG and BMP
+        drop alpha; EXIF goes to JPEG/PNG/WebP). Raises `sr4.image.io.ImageError` naming the
         file for unreadable input or unwritable output, FileExistsError when `dst` exists and
         `overwrite` is False.
         """
@@ -181,7 +186,7 @@ class ImageProcessor(abc.ABC):
             raise FileExistsError(f"{dst}: output exists (overwrite it or skip it explicitly)")
         data = read_image(src, max_pixels=max_pixels)
         pixels = self.process_array(data.pixels, seed=seed, outscale=outscale, progress=progress)
-        write_image(dst, ImageData(pixels=pixels, icc_profile=data.icc_profile), quality=quality)
+        write_image(dst, ImageData(pixels=pixels, icc_profile=data.icc_profile, exif=data.exif), quality=quality)
         return dst
 
 
