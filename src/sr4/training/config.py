@@ -74,8 +74,8 @@ class LossConfig:
     l1: float = 1.0
     # LPIPS on M(U(I)) in through-refiner mode, on U(I) in upsampler mode (0 disables).
     lpips: float = 0.1
-    lpips_net: str = "alex"
-    lpips_weights: str | None = None  # None = sr4.metrics.lpips default weights
+    lpips_net: str = "alex"  # LPIPS v0.1 AlexNet (TSD-SR's training loss and the challenge metric)
+    lpips_weights: str | None = None  # folder with LPIPS_v0.1_alex-df73285e.pth (+ AlexNet); None = $TORCH_HOME/hub
     clip: float = 0.5
     clip_path: str | None = None  # local folder with a transformers CLIPModel + tokenizer
     clip_pos: str = "Good photo"
@@ -278,7 +278,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     lo = cfg.loss
     for name in ("l1", "lpips", "clip"):
         need(getattr(lo, name) >= 0, f"loss.{name}: weight must be >= 0")
-    need(lo.lpips_net in ("alex", "vgg", "squeeze"), f"loss.lpips_net: {lo.lpips_net!r} is not alex, vgg or squeeze")
+    need(lo.lpips_net == "alex", f"loss.lpips_net: {lo.lpips_net!r}: only 'alex' is available")
     need(lo.l1 + lo.lpips + lo.clip > 0, "loss: all weights are zero")
     if cfg.mode == "through-refiner":
         need(bool(cfg.refiner.path), "refiner.path: required in through-refiner mode")

@@ -22,10 +22,15 @@ def quantize_8bit_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_lpips(net: str = "alex", weights: str | None = None) -> nn.Module:
-    """Frozen differentiable LPIPS from sr4.metrics (inputs in [0, 1], returns per-image distances)."""
+    """Frozen differentiable LPIPS from sr4.metrics (inputs in [0, 1], returns per-image distances).
+
+    `weights`: folder holding pyiqa's LPIPS file (and torchvision's AlexNet if the file lacks the
+    trunk), laid out as torch's hub dir or flat; None = $TORCH_HOME/hub. Never downloads."""
+    if net != "alex":
+        raise ValueError(f"loss.lpips_net={net!r}: sr4.metrics.lpips provides the AlexNet variant only")
     from sr4.metrics.lpips import LPIPS
 
-    module = LPIPS(net=net, weights=weights) if weights else LPIPS(net=net)
+    module = LPIPS.from_pretrained(weights)
     module.eval().requires_grad_(False)
     return module
 
