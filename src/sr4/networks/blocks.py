@@ -37,6 +37,22 @@ class ForwardContext:
     generator: torch.Generator | None
 
 
+# ----------------------------------------------------------------------------- layouts
+
+
+def tokens_to_image(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W) as a view: the result is channels_last in memory, so no copy is made
+    and convolutions keep that layout."""
+    b, _, c = x.shape
+    return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def image_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C); a view when x is channels_last."""
+    b, c = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(b, -1, c)
+
+
 # ----------------------------------------------------------------------------- feed-forward
 
 
@@ -52,9 +68,7 @@ class DepthwiseConvGELU(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
-        b = x.shape[0]
-        img = x.transpose(1, 2).reshape(b, self.hidden_features, x_size[0], x_size[1])
-        return self.depthwise_conv(img).flatten(2).transpose(1, 2)
+        return image_to_tokens(self.depthwise_conv(tokens_to_image(x, x_size[0], x_size[1])))
 
 
 class ConvFFN(nn.Module):
@@ -83,9 +97,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
-        b, _, c = x.shape
-        x2 = self.norm(x2).transpose(1, 2).reshape(b, c // 2, h, w)
-        x2 = self.conv(x2).flatten(2).transpose(1, 2)
+        x2 = image_to_tokens(self.conv(tokens_to_image(self.norm(x2), h, w)))
         return x1 * x2
 
 
@@ -168,18 +180,19 @@ class WindowAttention(nn.Module):
         bw, n, c3 = qkv.shape
         c = c3 // 3
         heads = self.num_heads
-        qkv = qkv.view(bw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        hd = c // heads
+        # (3, windows * heads, n, hd): every (window, head) pair is one matrix product below.
+        q, k, v = qkv.view(bw, n, 3, heads, hd).permute(2, 0, 3, 1, 4).reshape(3, bw * heads, n, hd).unbind(0)
         bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
         if mask is not None:
             nw = mask.shape[0]
-            bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)  # (nW, heads, n, n)
-            shape5 = (batch, nw, heads, n, c // heads)
-            out = F.scaled_dot_product_attention(
-                q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), attn_mask=bias, scale=self.scale
-            ).reshape(bw, heads, n, c // heads)
+            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, n, n)
+            bias = bias.unsqueeze(0).expand(batch, nw, heads, n, n).reshape(bw * heads, n, n)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+            bias = bias.unsqueeze(0).expand(bw, heads, n, n).reshape(bw * heads, n, n)
+        # softmax(q k^T * scale + bias + mask) v, like the official (q * scale) @ k^T + bias (+ mask)
+        attn = torch.baddbmm(bias.to(q.dtype), q, k.transpose(1, 2), alpha=self.scale).softmax(-1)
+        out = torch.bmm(attn, v).view(bw, heads, n, hd)
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
 
@@ -234,18 +247,16 @@ class SelectiveScanParams(nn.Module):
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """x (B, L, D) in scan order, prompt (B, L, N) in *pixel* order (official quirk) -> (B, L, D) fp32."""
-        b, length, _ = x.shape
-        xs = x.transpose(1, 2)  # (B, D, L)
-        x_dbl = torch.matmul(self.x_proj_weight[0], xs)  # (B, R + 2N, L)
-        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
-        dts = torch.matmul(self.dt_projs_weight[0], dts)  # (B, D, L)
-        cs = cs.float() + prompt.transpose(1, 2).float()
+        x_dbl = F.linear(x, self.x_proj_weight[0])  # (B, L, R + 2N)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = F.linear(dts, self.dt_projs_weight[0])  # (B, L, D)
+        cs = cs.float() + prompt.float()
         y = selective_scan(
-            xs.float().contiguous(),
-            dts.float().contiguous(),
+            x.float().transpose(1, 2).contiguous(),
+            dts.float().transpose(1, 2).contiguous(),
             -torch.exp(self.A_logs.float()),
-            bs.float().unsqueeze(1).contiguous(),
-            cs.unsqueeze(1).contiguous(),
+            bs.float().transpose(1, 2).unsqueeze(1).contiguous(),
+            cs.transpose(1, 2).unsqueeze(1).contiguous(),
             self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().view(-1),
             delta_softplus=True,
@@ -285,18 +296,21 @@ class ASSM(nn.Module):
         policy, index = gumbel_hard_route(self.route(x), generator)
         prompt = torch.matmul(policy, full_embedding)  # (B, n, N), pixel order
         order = torch.sort(index.view(b, n), dim=-1, stable=False)[1]
-        inverse = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=x.device).expand(b, n))
+        # Row indices into the (B*n, .) flattened sequence; the inverse permutation undoes the sort.
+        offsets = (torch.arange(b, device=x.device) * n).unsqueeze(1)
+        rows = (order + offsets).view(-1)
+        inverse = torch.empty_like(rows).scatter_(0, rows, torch.arange(b * n, device=x.device))
 
-        img = x.transpose(1, 2).reshape(b, c, h, w)
-        img = self.in_proj(img)
-        img = img * torch.sigmoid(self.CPE(img))
-        seq = img.flatten(2).transpose(1, 2)  # (B, n, hidden)
+        # in_proj is a 1x1 conv: a linear map on tokens; CPE runs on a channels_last view.
+        conv = self.in_proj[0]
+        seq = F.linear(x, conv.weight.view(conv.out_channels, c), conv.bias)  # (B, n, hidden)
+        seq = seq * torch.sigmoid(image_to_tokens(self.CPE(tokens_to_image(seq, h, w))))
         hidden = seq.shape[-1]
 
-        seq = torch.gather(seq, 1, order.unsqueeze(-1).expand(b, n, hidden))
+        seq = seq.reshape(b * n, hidden).index_select(0, rows).view(b, n, hidden)
         y = self.selectiveScan(seq, prompt).to(x.dtype)
         y = self.out_proj(self.out_norm(y))
-        return torch.gather(y, 1, inverse.unsqueeze(-1).expand(b, n, c))
+        return y.reshape(b * n, c).index_select(0, inverse).view(b, n, c)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -353,12 +367,12 @@ class AttentiveLayer(nn.Module):
             attn = torch.roll(attn, shifts=(shift, shift), dims=(1, 2))
         x_win = attn.reshape(b, n, c) + shortcut
         x_win = self.convffn1(self.norm2(x_win), x_size) + x_win
-        x = shortcut * self.scale1 + x_win
+        x = torch.addcmul(x_win, shortcut, self.scale1)
 
         shortcut = x
         x_aca = self.assm(self.norm3(x), x_size, self.embeddingA.weight, ctx.generator) + x
         x = x_aca + self.convffn2(self.norm4(x_aca), x_size)
-        return shortcut * self.scale2 + x
+        return torch.addcmul(x, shortcut, self.scale2)
 
 
 class BasicBlock(nn.Module):
@@ -400,8 +414,7 @@ class ASSB(nn.Module):
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int], ctx: ForwardContext) -> torch.Tensor:
         y = self.residual_group(x, x_size, ctx)
-        y = y.transpose(1, 2).reshape(x.shape[0], self.dim, x_size[0], x_size[1])
-        return self.conv(y).flatten(2).transpose(1, 2) + x
+        return image_to_tokens(self.conv(tokens_to_image(y, x_size[0], x_size[1]))) + x
 
 
 class PatchEmbed(nn.Module):
