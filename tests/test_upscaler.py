@@ -118,7 +118,7 @@ def test_seed_controls_noise() -> None:
 
 def test_threads_match_sequential() -> None:
     up = Upscaler(NoisyConv(), tile=16, tile_overlap=4)
-    images = [torch.rand(3, 20 + i, 30) for i in range(6)]
+    images = [torch.rand(3, 20 + i, 24) for i in range(4)]
     expected = [up(img, seed=i) for i, img in enumerate(images)]
     results: dict[int, torch.Tensor] = {}
     barrier = threading.Barrier(len(images))
@@ -239,3 +239,35 @@ def test_subclass_without_progress_argument(tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     out = Minimal()(torch.rand(3, 4, 5), progress=lambda d, n: calls.append((d, n)))
     assert out.shape == (3, 8, 10) and calls == []
+
+
+@pytest.mark.slow
+def test_mambairv2_threads_match_sequential(mamba_ckpt: Path) -> None:
+    up = Upscaler(mamba_ckpt, tile=16, tile_overlap=4)
+    images = [torch.rand(3, 20, 24 + 4 * i) for i in range(3)]
+    expected = [up(img, seed=10 + i) for i, img in enumerate(images)]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i: int) -> None:
+        results[i] = up(images[i], seed=10 + i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, exp in enumerate(expected):
+        torch.testing.assert_close(results[i], exp, atol=0, rtol=0)
+
+
+def test_alpha_through_network() -> None:
+    net = NoisyConv()
+    up = Upscaler(net, tile=None, alpha="network")
+    rgba = torch.rand(4, 6, 7, generator=torch.Generator().manual_seed(0))
+    out = up(rgba, seed=5)
+    with torch.no_grad():  # the alpha plane as an RGB image through the network, channels averaged
+        alone = net(rgba[3:].expand(3, 6, 7)[None], generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out[3], alone[0].mean(0).clamp(0, 1), atol=1e-6, rtol=0)
+    assert not torch.allclose(out[3:], _bicubic(rgba[None, 3:])[0], atol=1e-2)
+    with pytest.raises(ValueError, match="alpha must be"):
+        Upscaler(NoisyConv(), alpha="nearest")

@@ -56,6 +56,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto = fp16 on CUDA, fp32 on CPU")
     p.add_argument("--seed", type=int, default=0, help="seed of the network's random draws (default 0)")
+    p.add_argument("--alpha", choices=["bicubic", "network"], default="bicubic",
+                   help="upscale transparency with bicubic (default) or with the network (a second pass)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--skip-existing", action="store_true", help="leave existing outputs alone")
     existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -139,14 +141,16 @@ def build_processor(args: argparse.Namespace, device: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BicubicFallbackWarning)  # already said above, once
             return Upscaler(args.model, tile=args.tile, tile_overlap=args.tile_overlap, device=device,
-                            dtype=args.dtype, seed=args.seed)
+                            dtype=args.dtype, seed=args.seed, alpha=args.alpha)
     if args.model_dir is None:
         raise ValueError(f"--pipeline {args.pipeline} needs --model-dir DIR (the SD3 / TSD-SR model folder)")
     from sr4.pipeline.snucv import Pipeline
 
     color_fix = args.color_fix or ("wavelet" if args.pipeline == "tsdsr" else "none")
-    return Pipeline.from_model_dir(args.model_dir, pipeline=args.pipeline, latent=args.latent, color_fix=color_fix,
-                                   device=device, dtype=args.dtype, seed=args.seed)
+    processor = Pipeline.from_model_dir(args.model_dir, pipeline=args.pipeline, latent=args.latent,
+                                        color_fix=color_fix, device=device, dtype=args.dtype, seed=args.seed)
+    processor.alpha_upsampler = args.alpha  # an ImageProcessor rule, the same for every pipeline
+    return processor
 
 
 def _tile_bar(enabled: bool):

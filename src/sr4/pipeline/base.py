@@ -45,6 +45,9 @@ class ImageProcessor(abc.ABC):
     scale: int = 4
     #: default seed of the per-call generator.
     seed: int = 0
+    #: how alpha is upscaled: "bicubic" (default: smooth, cheap, no invented texture) or
+    #: "network" (alpha replicated to RGB and sent through `upscale_rgb`, then averaged).
+    alpha_upsampler: str = "bicubic"
 
     @property
     def device(self) -> torch.device:
@@ -160,11 +163,20 @@ class ImageProcessor(abc.ABC):
                 weights = torch.tensor(_LUMA, dtype=out.dtype, device=out.device).view(3, 1, 1)
                 out = (out * weights).sum(0, keepdim=True)
             if alpha.shape[0]:
-                out = torch.cat([out, resize_planes(alpha, out.shape[-2:])])
+                out = torch.cat([out, self._upscale_alpha(alpha, out.shape[-2:], seed)])
             if outscale is not None:
                 size = (max(1, round(h * outscale)), max(1, round(w * outscale)))
                 out = resize_planes(out, size)
         return out
+
+    def _upscale_alpha(self, alpha: torch.Tensor, size: torch.Size, seed: int | None) -> torch.Tensor:
+        if self.alpha_upsampler == "bicubic":
+            return resize_planes(alpha, size)
+        if self.alpha_upsampler != "network":
+            raise ValueError(f"alpha_upsampler must be 'bicubic' or 'network', got {self.alpha_upsampler!r}")
+        x = alpha.expand(3, *alpha.shape[-2:]).unsqueeze(0).contiguous()
+        out = self.upscale_rgb(x, self.make_generator(seed)).float()[0].mean(0, keepdim=True)
+        return out.clamp_(0.0, 1.0).to(alpha.device)
 
     # ------------------------------------------------------------------ files
 

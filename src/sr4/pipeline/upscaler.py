@@ -34,17 +34,21 @@ class Upscaler(ImageProcessor):
     device: "auto" (CUDA when present), "cpu", "cuda:N" or a torch.device.
     dtype: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16", "bf16" or a torch.dtype.
     seed: default seed of the per-call generator (MambaIRv2 draws routing noise at inference).
+    alpha: "bicubic" (default) or "network": how the alpha channel of LA/RGBA images is upscaled.
 
     Calls are stateless: one Upscaler may be used from several threads at once.
     """
 
     def __init__(self, model: None | str | os.PathLike | nn.Module = None, *, tile: int | str | None = "auto",
                  tile_overlap: int = 16, device: str | torch.device | None = "auto",
-                 dtype: str | torch.dtype | None = "auto", seed: int = 0):
+                 dtype: str | torch.dtype | None = "auto", seed: int = 0, alpha: str = "bicubic"):
         self.options = TileOptions(tile=tile, overlap=tile_overlap)
         self._device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self._device)
         self.seed = int(seed)
+        if alpha not in ("bicubic", "network"):
+            raise ValueError(f"alpha must be 'bicubic' or 'network', got {alpha!r}")
+        self.alpha_upsampler = alpha
         self.is_fallback = model is None
         if model is None:
             from sr4.networks.bicubic import BicubicUpsampler
