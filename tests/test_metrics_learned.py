@@ -212,3 +212,54 @@ def test_dists_errors(tmp_path):
         DISTS.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="DISTS expects"):
         DISTS()(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+
+
+def test_lpips_accepts_heads_named_lins_or_without_dropout_slot(tmp_path, weights_dir):
+    lins = torch.load(weights_dir / "pyiqa" / LPIPS_ALEX.name, weights_only=True)
+    x, y = images(4)
+    expected = LPIPS.from_pretrained(weights_dir)(x, y)
+    trunk = weights_dir / "checkpoints" / ALEXNET.name
+    for rename in (lambda k: k.replace("lin", "lins.", 1), lambda k: k.replace("model.1", "model.0")):
+        f = tmp_path / "heads.pth"
+        torch.save({rename(k): v for k, v in lins.items()}, f)
+        torch.testing.assert_close(LPIPS().load_files(f, trunk)(x, y), expected)
+
+
+def test_availability_reporting(tmp_path, weights_dir):
+    from sr4.metrics.learned import build_learned, weight_status
+
+    for sub, name in (("clip", "RN50.pt"), ("pyiqa", "musiq_koniq_ckpt-e95806b9.pth")):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        (tmp_path / sub / name).write_bytes(b"placeholder")
+    hub_before = torch.hub.get_dir()
+    got = build_learned(["lpips", "dists", "clipiqa", "maniqa", "musiq"], tmp_path, torch.device("cpu"))
+    assert got.functions == {}
+    assert LPIPS_ALEX.name in got.unavailable["lpips"] and DISTS_W.name in got.unavailable["dists"]
+    assert "ckpt_koniq10k.pt" in got.unavailable["maniqa"]
+    try:
+        import pyiqa  # noqa: F401
+    except ImportError:
+        # Files present but no pyiqa: the reason says so, and torch's hub dir was left alone.
+        assert "pyiqa is not installed" in got.unavailable["clipiqa"]
+        assert "pyiqa is not installed" in got.unavailable["musiq"]
+        assert torch.hub.get_dir() == hub_before
+    ok = build_learned(["lpips", "dists"], weights_dir, torch.device("cpu"))
+    assert set(ok.functions) == {"lpips", "dists"} and ok.unavailable == {}
+    x = torch.rand(1, 3, 40, 40)
+    assert ok.functions["lpips"](x, x) == pytest.approx(0.0, abs=1e-6)
+    status = {(s.metric, s.name): s for s in weight_status(tmp_path)}
+    assert status[("clipiqa", "RN50.pt")].found == tmp_path / "clip" / "RN50.pt"
+    assert status[("lpips", LPIPS_ALEX.name)].found is None
+    assert status[("lpips", LPIPS_ALEX.name)].looked_in[0] == tmp_path / "pyiqa" / LPIPS_ALEX.name
+    with pytest.raises(ValueError, match="unknown learned metric"):
+        build_learned(["fid"], tmp_path, torch.device("cpu"))
+
+
+def test_default_root_follows_torch_home(monkeypatch, tmp_path):
+    from sr4.metrics.weights import default_root
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert default_root() == tmp_path / "hub"
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    assert default_root() == tmp_path / "c" / "torch" / "hub"

@@ -101,13 +101,19 @@ def _pyiqa(name: str, root: Path, device: torch.device) -> tuple[MetricFn, str]:
         missing.append(f"{hf_cache_dir()}/models--{MANIQA_TIMM_REPO.replace('/', '--')}")
     if missing:
         raise WeightsError("missing " + ", ".join(missing))
-    # pyiqa caches under torch.hub's dir (read when pyiqa is imported) and timm asks Hugging Face.
+    import importlib.util
+
+    if importlib.util.find_spec("pyiqa") is None:
+        raise WeightsError("pyiqa is not installed (optional extra sr4[iqa], noncommercial, needs torchvision)")
+    # pyiqa caches under torch.hub's dir (read when pyiqa is imported) and timm asks Hugging Face:
+    # point both at the local files before the import. This changes process-wide settings, which
+    # is why it only happens when pyiqa will really be used.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.hub.set_dir(str(root))
     try:
         import pyiqa
     except ImportError as exc:
-        raise WeightsError(f"pyiqa is not installed (optional extra sr4[iqa], needs torchvision): {exc}") from None
+        raise WeightsError(f"pyiqa could not be imported: {exc}") from None
     try:
         model = pyiqa.create_metric(name, device=device)
     except Exception as exc:  # pyiqa raises many kinds; report rather than stop the evaluation

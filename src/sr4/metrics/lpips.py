@@ -111,9 +111,15 @@ class LPIPS(nn.Module):
         tensors = read_state_dict(lp)
         if not any(k.startswith("lin") for k in tensors):
             raise WeightsError(f"{lp}: no lin<k>.model.1.weight keys; not an LPIPS weight file")
-        # Older LPIPS files have no dropout slot: lin<k>.model.0.weight.
-        tensors = {k.replace(".model.0.weight", ".model.1.weight") if k.startswith("lin") else k: v
-                   for k, v in tensors.items()}
+        # pyiqa's module also lists the heads as lins.<k>; files without a dropout slot use model.0.
+        renamed = {}
+        for k, v in tensors.items():
+            if k.startswith("lins."):
+                k = "lin" + k[len("lins."):]
+            if k.startswith("lin"):
+                k = k.replace(".model.0.weight", ".model.1.weight")
+            renamed.setdefault(k, v)
+        tensors = renamed
         assign(self, tensors, lp, filled)
         trunk_missing = any(k.startswith("net.") and k not in filled for k in self.state_dict())
         if trunk_missing:
