@@ -205,3 +205,11 @@ def test_load_upsampler_device_dtype_and_forward(tmp_path, tiny_sd):
 def test_config_build_rejects_unknown_arch():
     with pytest.raises(ValueError, match="unknown upsampler architecture"):
         UpsamplerConfig("SwinIR", {}).build()
+
+
+def test_missing_buffer_is_reported_not_misdetected(tmp_path, tiny_sd):
+    sd = {k: v for k, v in tiny_sd.items() if k != "relative_position_index_SA"}
+    path = tmp_path / "nobuf.pth"
+    torch.save({"params": sd}, path)
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): relative_position_index_SA"):
+        load_upsampler(path)

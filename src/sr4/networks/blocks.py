@@ -203,10 +203,16 @@ def gumbel_hard_route(logits: torch.Tensor, generator: torch.Generator | None) -
     """Hard Gumbel-softmax over the last dim with a straight-through gradient.
 
     Same operations, in the same order, as ``F.gumbel_softmax(logits, hard=True)`` (so the global RNG
-    is consumed identically), but the noise may come from ``generator`` and the chosen index is returned
-    too. Returns (one-hot policy (.., T), index (.., 1)).
+    is consumed identically), but the noise may come from ``generator`` (on any device) and the chosen
+    index is returned too. Returns (one-hot policy (.., T), index (.., 1)).
     """
-    noise = torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(generator=generator)
+    if generator is not None and generator.device != logits.device:
+        # e.g. a CPU generator driving a CUDA model: draw where the generator lives (fp32), then move.
+        noise = torch.empty(logits.shape, device=generator.device).exponential_(generator=generator)
+        noise = noise.to(device=logits.device, dtype=logits.dtype)
+    else:
+        noise = torch.empty_like(logits, memory_format=torch.legacy_contiguous_format)
+        noise.exponential_(generator=generator)
     y_soft = (logits - noise.log()).softmax(-1)
     index = y_soft.max(-1, keepdim=True)[1]
     y_hard = torch.zeros_like(logits, memory_format=torch.legacy_contiguous_format).scatter_(-1, index, 1.0)

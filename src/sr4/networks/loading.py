@@ -27,7 +27,8 @@ import torch.nn as nn
 
 ARCHS = ("MambaIRv2", "MambaIRv2Light")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
-_SIGNATURE_KEYS = ("conv_first.weight", "relative_position_index_SA")
+_SIGNATURE_KEYS = ("conv_first.weight", "layers.0.residual_group.layers.0.win_mhsa.relative_position_bias_table",
+                   "layers.0.residual_group.layers.0.assm.selectiveScan.A_logs")
 
 
 class CheckpointError(ValueError):
@@ -159,10 +160,10 @@ def detect_upsampler(state_dict: dict[str, torch.Tensor], name: str = "checkpoin
             s, j = int(m.group(1)), int(m.group(2))
             stages[s] = max(stages.get(s, 0), j + 1)
     if missing or not stages:
-        hint = ", ".join(sorted(sd)[:6])
+        hint = ", ".join(list(sd)[:5])
         raise CheckpointError(
-            f"{name}: not a MambaIRv2 checkpoint (missing {', '.join(missing) or 'residual groups'}; "
-            f"first keys: {hint})"
+            f"{name}: not a MambaIRv2 checkpoint (no {', '.join(missing) or 'residual groups'}; "
+            f"its first keys are: {hint})"
         )
     try:
         return _detect(sd, stages)
@@ -179,7 +180,8 @@ def _detect(sd: dict[str, torch.Tensor], stages: dict[int, int]) -> UpsamplerCon
     layer0 = "layers.0.residual_group.layers.0."
     num_heads = [_shape(sd, f"layers.{i}.residual_group.layers.0.win_mhsa.relative_position_bias_table")[1]
                  for i in range(n_stages)]
-    ws = math.isqrt(_shape(sd, "relative_position_index_SA")[0])
+    table_rows = _shape(sd, layer0 + "win_mhsa.relative_position_bias_table")[0]  # (2 ws - 1)^2
+    ws = (math.isqrt(table_rows) + 1) // 2
     hidden, d_state = _shape(sd, layer0 + "assm.selectiveScan.A_logs")
     light = layer0 + "convffn1.sg.norm.weight" in sd
     if light:
