@@ -197,6 +197,10 @@ def test_pipeline_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--pipeline", "snucv"]) == 2
     assert "--model-dir" in capsys.readouterr().err
 
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--pipeline", "snucv", "--model-dir", "m",
+                 "--model", "x.pth"]) == 2
+    assert "--model applies to --pipeline upsampler only" in capsys.readouterr().err
+
     calls: list[dict] = []
 
     class FakePipeline(ImageProcessor):

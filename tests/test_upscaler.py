@@ -217,6 +217,7 @@ def test_mambairv2_small_inputs_padded(mamba_ckpt: Path) -> None:
         assert up(torch.rand(3, h, w)).shape == (3, 4 * h, 4 * w)
 
 
+@pytest.mark.slow
 def test_mambairv2_tiled_close_to_untiled(mamba_ckpt: Path) -> None:
     x = torch.rand(3, 40, 48)
     full = Upscaler(mamba_ckpt, tile=None)(x)

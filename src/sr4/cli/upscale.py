@@ -48,7 +48,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suffix", default="", help="appended to each output file name (default: none)")
     p.add_argument("--ext", choices=["png", "jpg", "webp", "tiff", "keep"], default="keep",
                    help="output format (default: keep the input's)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1-100",
+                   help="JPEG/WebP quality (default 95)")
     p.add_argument("--tile", type=_tile_arg, default="auto", metavar="auto|N",
                    help="LR tile size in pixels, 0 for no tiling, auto from free memory (default)")
     p.add_argument("--tile-overlap", type=int, default=16, metavar="N", help="LR pixels tiles share (default 16)")
@@ -144,6 +145,9 @@ def build_processor(args: argparse.Namespace, device: str):
                             dtype=args.dtype, seed=args.seed, alpha=args.alpha)
     if args.model_dir is None:
         raise ValueError(f"--pipeline {args.pipeline} needs --model-dir DIR (the SD3 / TSD-SR model folder)")
+    if args.model is not None:
+        raise ValueError(f"--model applies to --pipeline upsampler only; --pipeline {args.pipeline} takes its "
+                         "networks from --model-dir")
     from sr4.pipeline.snucv import Pipeline
 
     color_fix = args.color_fix or ("wavelet" if args.pipeline == "tsdsr" else "none")
