@@ -182,3 +182,29 @@ def test_custom_pattern_pairing(tmp_path):
     pairs, problems = pair_files(sr, hr, r"(?P<key>.+)_SR")
     assert [(p.sr.name, p.hr.name) for p in pairs] == [("img_001_SR.png", "img_001.png")]
     assert [Path(f).name for f, _ in problems] == ["img_002_SR.png"]
+
+
+def test_upscale_then_score(tmp_path):
+    from sr4.image.resize import imresize
+
+    lr, hr, sr = tmp_path / "lr", tmp_path / "hr", tmp_path / "sr"
+    lr.mkdir()
+    hr.mkdir()
+    for key, name in (("0901", "coffee"), ("0902", "chelsea")):
+        img = rgb(DATA / f"hr_{name}.png")[:96, :128]
+        Image.fromarray(img).save(hr / f"{key}.png")
+        Image.fromarray(imresize(img, 0.25)).save(lr / f"{key}x4.png")
+    out = tmp_path / "o"
+    args = ["eval", str(sr), str(hr), "--lr-dir", str(lr), "--out", str(out), "--metrics", "psnr,ssim", "--quiet"]
+    assert main(args) == 0
+    assert sorted(p.name for p in sr.iterdir()) == ["0901x4.png", "0902x4.png"]
+    assert Image.open(sr / "0901x4.png").size == (128, 96)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_scored"] == 2 and summary["upscaled"]["model"].startswith("bicubic")
+    assert summary["upscaled"]["images_written"] == ["0901x4.png", "0902x4.png"]
+    rows = {r["image"]: r for r in csv.DictReader((out / "metrics.csv").open())}
+    expected = psnr(rgb(sr / "0902x4.png"), rgb(hr / "0902.png"))
+    assert float(rows["0902"]["psnr"]) == pytest.approx(expected) and 20 < expected < 40
+    assert "made by sr4" in (out / "report.html").read_text()
+    assert main(args) == 2  # outputs exist: refuse without --overwrite
+    assert main(args + ["--overwrite"]) == 0

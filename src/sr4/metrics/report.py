@@ -149,19 +149,25 @@ def bicubic_baseline(hr: np.ndarray, lr: np.ndarray | None = None, scale: int = 
     """Bicubic x4 of the LR image (made from HR with MATLAB imresize as the challenge did, if not given)."""
     if lr is None:
         lr = imresize(hr, 1.0 / scale)
-    up = imresize(lr, scale)
-    return up[: hr.shape[0], : hr.shape[1]]
+    up = imresize(lr, scale)[: hr.shape[0], : hr.shape[1]]
+    if up.shape != hr.shape:  # an LR image that is not HR / 4: show it at the HR size
+        up = imresize(lr, size=hr.shape[:2])
+    return up
 
 
-def write_crops(r: ImageResult, folder: Path, tag: str, crop: int = 64, zoom: int = 4) -> dict[str, str]:
+def write_crops(r: ImageResult, folder: Path, tag: str, crop: int = 64, zoom: int = 4,
+                lr_dir: Path | None = None) -> dict[str, str]:
     from sr4.image.io import write_image
 
     sr, hr = read_rgb8(r.sr), read_rgb8(r.hr)
+    lr = None
+    if lr_dir is not None and (Path(lr_dir) / r.sr.name).is_file():
+        lr = read_rgb8(Path(lr_dir) / r.sr.name)
     if sr.shape != hr.shape:
         sr = imresize(sr, size=hr.shape[:2])
     size = min(crop, hr.shape[0], hr.shape[1])
     y, x = _worst_window(sr, hr, size)
-    views = {"bicubic": bicubic_baseline(hr), "sr": sr, "hr": hr}
+    views = {"bicubic": bicubic_baseline(hr, lr), "sr": sr, "hr": hr}
     out = {}
     for kind, img in views.items():
         patch = img[y : y + size, x : x + size]
@@ -183,7 +189,8 @@ def ranking_metric(result: EvalResult) -> str | None:
     return None
 
 
-def write_report(result: EvalResult, out_dir: Path, sr_dir: Path, hr_dir: Path) -> dict[str, Path]:
+def write_report(result: EvalResult, out_dir: Path, sr_dir: Path, hr_dir: Path, lr_dir: Path | None = None,
+                 upscaled: dict | None = None) -> dict[str, Path]:
     """Write metrics.csv, summary.json, report.html and the crop PNGs; return their paths."""
     out_dir = Path(out_dir)
     csv_path, json_path, html_path = out_dir / "metrics.csv", out_dir / "summary.json", out_dir / "report.html"
@@ -197,12 +204,15 @@ def write_report(result: EvalResult, out_dir: Path, sr_dir: Path, hr_dir: Path) 
             ordered = sorted(scored, key=lambda r: r.values[rank], reverse=rank not in LOWER_BETTER)
             picks = [("best", ordered[0])] + ([("worst", ordered[-1])] if len(ordered) > 1 else [])
             for tag, r in picks:
-                showcase.append((tag, r, write_crops(r, out_dir, tag)))
+                showcase.append((tag, r, write_crops(r, out_dir, tag, lr_dir=lr_dir)))
 
     outputs = {"csv": csv_path.name, "summary": json_path.name, "report": html_path.name,
                "crops": [v for _, _, c in showcase for k, v in c.items() if k != "window"]}
-    atomic_write_text(json_path, json.dumps(summary(result, sr_dir, hr_dir, outputs), indent=2) + "\n")
-    atomic_write_text(html_path, render_html(result, sr_dir, hr_dir, rank, showcase))
+    info = summary(result, sr_dir, hr_dir, outputs)
+    if upscaled:
+        info["upscaled"] = upscaled
+    atomic_write_text(json_path, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(html_path, render_html(result, sr_dir, hr_dir, rank, showcase, upscaled))
     return {"csv": csv_path, "summary": json_path, "report": html_path}
 
 
@@ -213,7 +223,7 @@ figure{display:inline-block;margin:0 8px 8px 0}figcaption{font-size:12px;text-al
 
 
 def render_html(result: EvalResult, sr_dir: Path, hr_dir: Path, rank: str | None,
-                showcase: list[tuple[str, ImageResult, dict[str, str]]]) -> str:
+                showcase: list[tuple[str, ImageResult, dict[str, str]]], upscaled: dict | None = None) -> str:
     from sr4 import __version__
 
     e = html.escape
@@ -223,6 +233,9 @@ def render_html(result: EvalResult, sr_dir: Path, hr_dir: Path, rank: str | None
          f"<p>SR: <code>{e(str(sr_dir))}</code><br>HR: <code>{e(str(hr_dir))}</code><br>"
          f"{len(result.images)} image pairs scored on {e(result.device)}, sr4 {e(__version__)}, "
          f"seed {result.config.seed}. PSNR/SSIM: {e(result.config.fidelity.label())}.</p>"]
+    if upscaled:
+        p.append(f"<p>SR images made by sr4 from <code>{e(str(upscaled.get('lr_dir')))}</code> with "
+                 f"<code>{e(str(upscaled.get('model')))}</code>.</p>")
 
     p.append("<h2>Averages</h2><table><tr><th class=l>metric</th><th>average</th><th>images</th>"
              "<th class=l>better</th><th class=l>implementation</th></tr>")
