@@ -213,9 +213,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     interactive = sys.stderr.isatty()
-    bar = tqdm(jobs, desc=f"{tag}images", unit="img", disable=not interactive or None)
-    tile_progress = _tile_bar(interactive)
-    for job in bar:
+    todo: list[Job] = []
+    for job in jobs:
         if job.dst.exists():
             if args.skip_existing:
                 report.skipped.append(job.src)
@@ -223,16 +222,58 @@ def run(args: argparse.Namespace) -> int:
             if not args.overwrite:
                 report.failed.append((job.src, f"output {job.dst} exists (use --overwrite or --skip-existing)"))
                 continue
+        todo.append(job)
+    bar = tqdm(total=len(todo), desc=f"{tag}images", unit="img", disable=not interactive or None)
+    try:
+        _process(processor, todo, args, report, bar.update, _tile_bar(interactive))
+    finally:
+        bar.close()
+    _print_summary(report, tag)
+    return 1 if report.failed else 0
+
+
+def _process(processor, todo: list[Job], args: argparse.Namespace, report: Report, advance,
+             tile_progress) -> None:
+    """Read ahead and write behind in two helper threads while the network works on the current image.
+
+    Decoding and PNG/JPEG encoding release the GIL, so on a fast accelerator they no longer
+    serialise with the network. At most one image is read ahead and two written behind, so memory
+    stays bounded. Each failure is recorded against its file; the rest of the batch goes on.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from sr4.image.io import read_image, write_image
+
+    def collect(job: Job, future: Future) -> None:
         try:
-            processor.process_file(job.src, job.dst, outscale=args.outscale, overwrite=True,
-                                   max_pixels=args.max_pixels, quality=args.quality, progress=tile_progress)
-        except Exception as exc:  # one bad file must not stop the batch; the message names it
+            future.result()
+        except Exception as exc:  # the message names the file
             report.failed.append((job.src, str(exc) or type(exc).__name__))
         else:
             report.done.append(job.dst)
-    bar.close()
-    _print_summary(report, tag)
-    return 1 if report.failed else 0
+        advance(1)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="sr4-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="sr4-write") as writer:
+        reads = [reader.submit(read_image, job.src, max_pixels=args.max_pixels) for job in todo[:1]]
+        writes: list[tuple[Job, Future]] = []
+        for i, job in enumerate(todo):
+            current = reads.pop(0)
+            if i + 1 < len(todo):
+                reads.append(reader.submit(read_image, todo[i + 1].src, max_pixels=args.max_pixels))
+            try:
+                result = processor.process_image_data(current.result(), outscale=args.outscale,
+                                                      progress=tile_progress)
+            except Exception as exc:  # one bad file must not stop the batch; the message names it
+                report.failed.append((job.src, str(exc) or type(exc).__name__))
+                advance(1)
+                continue
+            writes.append((job, writer.submit(write_image, job.dst, result, quality=args.quality)))
+            del result
+            while len(writes) > 1:
+                collect(*writes.pop(0))
+        for pending in writes:
+            collect(*pending)
 
 
 def _print_summary(report: Report, tag: str) -> None:

@@ -24,11 +24,14 @@ import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sr4.image.io import ImageData
 
 # Progress callback: (tiles done, tiles total).
 ProgressFn = Callable[[int, int], None]
@@ -191,15 +194,23 @@ class ImageProcessor(abc.ABC):
         file for unreadable input or unwritable output, FileExistsError when `dst` exists and
         `overwrite` is False.
         """
-        from sr4.image.io import ImageData, read_image, write_image
+        from sr4.image.io import read_image, write_image
 
         dst = Path(dst)
         if dst.exists() and not overwrite:
             raise FileExistsError(f"{dst}: output exists (overwrite it or skip it explicitly)")
         data = read_image(src, max_pixels=max_pixels)
-        pixels = self.process_array(data.pixels, seed=seed, outscale=outscale, progress=progress)
-        write_image(dst, ImageData(pixels=pixels, icc_profile=data.icc_profile, exif=data.exif), quality=quality)
+        write_image(dst, self.process_image_data(data, seed=seed, outscale=outscale, progress=progress),
+                    quality=quality)
         return dst
+
+    def process_image_data(self, data: ImageData, *, seed: int | None = None, outscale: float | None = None,
+                           progress: ProgressFn | None = None) -> ImageData:
+        """Upscale an `sr4.image.io.ImageData` (as `read_image` returns it), keeping its ICC and EXIF."""
+        from sr4.image.io import ImageData
+
+        pixels = self.process_array(data.pixels, seed=seed, outscale=outscale, progress=progress)
+        return ImageData(pixels=pixels, icc_profile=data.icc_profile, exif=data.exif)
 
 
 def resize_planes(planes: torch.Tensor, size: tuple[int, int] | Any) -> torch.Tensor:
