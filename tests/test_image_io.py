@@ -313,3 +313,12 @@ def test_exif_in_16bit_png(tmp_path: Path) -> None:
 def test_tiff_structure_tags_are_not_copied_as_exif(tmp_path: Path) -> None:
     write_image(tmp_path / "a.tif", _rgb())
     assert read_image(tmp_path / "a.tif").exif is None
+
+
+def test_colour_key_transparency_becomes_alpha(tmp_path: Path) -> None:
+    pixels = _rgb(4, 5)
+    pixels[0, 0] = (10, 20, 30)
+    Image.fromarray(pixels).save(tmp_path / "key.png", transparency=(10, 20, 30))
+    data = read_image(tmp_path / "key.png")
+    assert data.mode == "RGBA" and data.pixels[0, 0, 3] == 0
+    assert (data.pixels[..., 3] == 0).sum() == (pixels == (10, 20, 30)).all(axis=2).sum()

@@ -81,6 +81,8 @@ def from_pil(img: Image.Image) -> ImageData:
     icc = img.info.get("icc_profile")
     if mode == "1":
         img = img.convert("L")
+    elif mode in ("L", "RGB") and "transparency" in img.info:
+        img = img.convert("LA" if mode == "L" else "RGBA")  # colour-key transparency (tRNS) becomes alpha
     elif mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in img.info
         img = img.convert("RGBA" if has_alpha else "RGB")
