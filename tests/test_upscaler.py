@@ -272,3 +272,9 @@ def test_alpha_through_network() -> None:
     assert not torch.allclose(out[3:], _bicubic(rgba[None, 3:])[0], atol=1e-2)
     with pytest.raises(ValueError, match="alpha must be"):
         Upscaler(NoisyConv(), alpha="nearest")
+
+
+def test_returned_tensor_is_an_ordinary_tensor(bicubic: Upscaler) -> None:
+    out = bicubic(torch.rand(3, 4, 4))
+    out += 1  # would raise for an inference-mode tensor
+    assert not out.requires_grad

@@ -153,7 +153,8 @@ class ImageProcessor(abc.ABC):
         planes = planes.float()
         color, alpha = (planes[:1], planes[1:]) if c <= 2 else (planes[:3], planes[3:])
         rgb = color.expand(3, h, w) if c <= 2 else color
-        with torch.inference_mode():
+        # no_grad rather than inference_mode: callers may modify the returned tensor in place.
+        with torch.no_grad():
             x, gen = rgb.unsqueeze(0).contiguous(), self.make_generator(seed)
             # `progress` is optional in the contract: only pass it to implementations that take it.
             takes_progress = "progress" in inspect.signature(self.upscale_rgb).parameters
@@ -178,7 +179,8 @@ class ImageProcessor(abc.ABC):
         if self.alpha_upsampler != "network":
             raise ValueError(f"alpha_upsampler must be 'bicubic' or 'network', got {self.alpha_upsampler!r}")
         x = alpha.expand(3, *alpha.shape[-2:]).unsqueeze(0).contiguous()
-        out = self.upscale_rgb(x, self.make_generator(seed)).float()[0].mean(0, keepdim=True)
+        with torch.no_grad():
+            out = self.upscale_rgb(x, self.make_generator(seed)).float()[0].mean(0, keepdim=True)
         return out.clamp_(0.0, 1.0).to(alpha.device)
 
     # ------------------------------------------------------------------ files
