@@ -9,6 +9,18 @@ from pathlib import Path
 METRIC_NAMES = ("psnr", "ssim", "lpips", "dists", "niqe", "clipiqa", "maniqa", "musiq")
 
 
+def _tile(value: str) -> str | int | None:
+    if value in ("auto", "none"):
+        return None if value == "none" else value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a pixel count, got {value!r}") from None
+    if n < 8:
+        raise argparse.ArgumentTypeError(f"tile must be at least 8 px, got {n}")
+    return n
+
+
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("sr_dir", nargs="?", type=Path, help="folder of SR images (e.g. 0901x4.png or 0901.png)")
     p.add_argument("hr_dir", nargs="?", type=Path, help="folder of HR images (e.g. 0901.png)")
@@ -40,7 +52,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                                                 "then score SR_DIR against HR_DIR")
     up.add_argument("--model", metavar="FILE", help="upsampler checkpoint for --lr-dir (MambaIRv2 / -Light); "
                                                     "without it the LR images are upscaled with plain bicubic")
-    up.add_argument("--tile", default="auto", help="--lr-dir: LR tile side in pixels, or auto (default)")
+    up.add_argument("--tile", type=_tile, default="auto", help="--lr-dir: LR tile side in px, none, or auto (default)")
     up.add_argument("--overwrite", action="store_true", help="--lr-dir: replace images already in SR_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -156,11 +168,10 @@ def _upscale_lr(args: argparse.Namespace, record: dict) -> int:
         return 2
     from sr4.pipeline.upscaler import BicubicFallbackWarning, Upscaler
 
-    tile = None if args.tile == "none" else (args.tile if args.tile == "auto" else int(args.tile))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BicubicFallbackWarning)  # said below, in words that fit eval
-            upscaler = Upscaler(args.model, tile=tile, device=args.device, seed=args.seed)
+            upscaler = Upscaler(args.model, tile=args.tile, device=args.device, seed=args.seed)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"sr4 eval: cannot load the upsampler: {exc}", file=sys.stderr)
         return 2
