@@ -161,8 +161,8 @@ def shifted_window_mask(h: int, w: int, ws: int, device: torch.device | None = N
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside ws x ws windows with a relative position bias.
 
-    Takes the already projected qkv (official layout: wqkv lives in the layer).
-    Uses scaled_dot_product_attention: softmax(q k^T * head_dim^-0.5 + bias + mask) v.
+    Takes the already projected qkv (official layout: wqkv lives in the layer) and computes
+    softmax((q * head_dim^-0.5) k^T + bias + mask) v in the official order of operations.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -181,18 +181,13 @@ class WindowAttention(nn.Module):
         c = c3 // 3
         heads = self.num_heads
         hd = c // heads
-        # (3, windows * heads, n, hd): every (window, head) pair is one matrix product below.
-        q, k, v = qkv.view(bw, n, 3, heads, hd).permute(2, 0, 3, 1, 4).reshape(3, bw * heads, n, hd).unbind(0)
-        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
+        q, k, v = qkv.view(bw, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (bw, heads, n, hd)
+        attn = torch.matmul(q * self.scale, k.transpose(-2, -1))
+        # The bias and mask are broadcast in place, never materialised per window.
+        attn += self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
         if mask is not None:
-            nw = mask.shape[0]
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, n, n)
-            bias = bias.unsqueeze(0).expand(batch, nw, heads, n, n).reshape(bw * heads, n, n)
-        else:
-            bias = bias.unsqueeze(0).expand(bw, heads, n, n).reshape(bw * heads, n, n)
-        # softmax(q k^T * scale + bias + mask) v, like the official (q * scale) @ k^T + bias (+ mask)
-        attn = torch.baddbmm(bias.to(q.dtype), q, k.transpose(1, 2), alpha=self.scale).softmax(-1)
-        out = torch.bmm(attn, v).view(bw, heads, n, hd)
+            attn.view(batch, mask.shape[0], heads, n, n).add_(mask.unsqueeze(1).to(attn.dtype))
+        out = torch.matmul(attn.softmax(-1), v)  # (bw, heads, n, hd)
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
 
