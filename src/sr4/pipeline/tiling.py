@@ -197,12 +197,17 @@ def bytes_per_pixel(module: nn.Module, dtype: torch.dtype, scale: int) -> float:
 
 def auto_tile_size(module: nn.Module, device: torch.device, dtype: torch.dtype, scale: int,
                    min_size: int = 1, free_bytes: int | None = None) -> int:
-    """Largest tile side (multiple of 8, between 32 and 4096) whose forward fits in free memory."""
+    """Largest power-of-two tile side (32 to 4096) whose forward fits in free memory.
+
+    Powers of two keep the choice coarse: the result of a network with random draws depends on
+    the tiling, so small changes in free memory between runs should not change the tile.
+    (Pass an explicit tile for results that are identical on every machine.)
+    """
     free = free_memory_bytes(device) if free_bytes is None else free_bytes
     # CPU memory is shared with everything else on the machine; be more conservative there.
     budget = free * (0.5 if device.type == "cuda" else 0.25)
     side = int(math.sqrt(max(budget, 0) / bytes_per_pixel(module, dtype, scale)))
-    side = max(32, min(4096, side // 8 * 8))
+    side = 1 << max(5, min(12, side.bit_length() - 1)) if side > 0 else 32
     return max(side, min_size)
 
 

@@ -29,7 +29,9 @@ class Upscaler(ImageProcessor):
         `sr4.networks.loading.load_upsampler`, architecture detected from the keys) or an
         `nn.Module` following the upsampler contract (`scale`, optional `min_size`,
         `forward(x, generator=None)`); a given module is moved to `device`/`dtype` and set to eval.
-    tile: LR tile side in pixels, None for no tiling, or "auto" (from free memory).
+    tile: LR tile side in pixels, None for no tiling, or "auto" (a power of two from free memory;
+        one pass when the image fits). Networks with random draws (MambaIRv2) give slightly
+        different results for different tilings: pass an int for identical results everywhere.
     tile_overlap: LR pixels shared by neighbouring tiles.
     device: "auto" (CUDA when present), "cpu", "cuda:N" or a torch.device.
     dtype: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16", "bf16" or a torch.dtype.
