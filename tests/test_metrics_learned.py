@@ -263,3 +263,11 @@ def test_default_root_follows_torch_home(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCH_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
     assert default_root() == tmp_path / "c" / "torch" / "hub"
+
+
+def test_dists_full_pyiqa_state_dict_needs_no_torchvision_file(tmp_path, weights_dir):
+    model = DISTS.from_pretrained(weights_dir)
+    (tmp_path / "pyiqa").mkdir()
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "pyiqa" / DISTS_W.name)
+    x, y = images(5, size=32)
+    torch.testing.assert_close(DISTS.from_pretrained(tmp_path)(x, y), model(x, y))
