@@ -300,3 +300,21 @@ def test_bad_embeddings_are_named(model_dir, tmp_path):
     torch.save({"not": "a tensor"}, d / "prompt_embeds.pt")
     with pytest.raises(ValueError, match="prompt_embeds.pt"):
         TSDSRRefiner.from_model_dir(d)
+
+
+@torch.no_grad()
+def test_tiling_options_are_exact_when_the_image_fits_one_tile(model_dir, refiner):
+    tiled = TSDSRRefiner(refiner.transformer, refiner.vae, refiner.prompt_embeds, refiner.pooled_embeds,
+                         RefinerConfig(latent_tile=6, vae_tiling=True, vae_encoder_tile=48, vae_decoder_tile=6))
+    x = _image(48, 40, seed=8)  # latent 6x5: area 30 <= 36, sides <= the encoder and decoder tiles
+    assert torch.equal(tiled(x, torch.Generator().manual_seed(1)), refiner(x, torch.Generator().manual_seed(1)))
+    # larger than one VAE tile: runs tiled and stays in [0, 1] with the right size
+    y = tiled(_image(64, 72, seed=9), torch.Generator().manual_seed(1))
+    assert y.shape == (1, 3, 64, 72) and 0 <= y.min() and y.max() <= 1
+
+
+@torch.no_grad()
+def test_sides_not_multiple_of_eight_are_resized_back(refiner):
+    x = _image(36, 44, seed=10)
+    y = refiner(x)
+    assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1

@@ -8,9 +8,11 @@ by the summed weights. One tile is run at a time, so transformer memory is set b
 VAE tiles: every tile is a "core" block of the output plus a halo of context around it; the net
 runs on core+halo and only the core is kept, so no blending is needed. GroupNorm layers inside
 the tiles do not use per-tile statistics (which would shift colours tile by tile): their
-per-group mean/variance are first estimated on a downscaled copy of the whole input (small
-enough for one pass), optionally refined by extra tiled passes that aggregate the statistics of
-every tile's core region. Memory is bounded by the tile size plus the downscaled copy.
+per-group mean/variance are taken from one pass over a downscaled copy of the whole input (as
+the "fast" mode of the tiled-VAE hook TSD-SR ships; its exact mode instead runs all tiles in
+lockstep, which holds every tile's activations at once). Memory is bounded by the tile size
+plus the downscaled copy. Approximations: statistics of a downscaled image, a halo shorter
+than the receptive field, and the VAE mid-block attention seeing one tile instead of the image.
 """
 
 from __future__ import annotations
@@ -116,19 +118,16 @@ def plan_spans(length: int, core: int, halo: int, align: int = 1) -> list[Span]:
 
 
 class _GroupNormStats:
-    """Patches every GroupNorm of a module: record statistics, or normalise with given ones.
+    """Patches every GroupNorm of a module: record per-group statistics, or normalise with them.
 
     mode "record": normal GroupNorm, remembering each layer's per-group mean/var (batch mean).
-    mode "apply": normalise with the stored statistics; when `core` is set, also accumulate sum and
-    sum of squares over the core fraction of the tile, for a refined global estimate.
+    mode "apply": normalise with the recorded statistics, whatever the input (a tile).
     """
 
     def __init__(self, net: nn.Module):
         self.layers = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
         self.mode = "record"
         self.stats: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
-        self.core: tuple[float, float, float, float] | None = None  # fractions: top, bottom, left, right
-        self.sums: list[list[torch.Tensor]] = []
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[_GroupNormStats]:
@@ -140,24 +139,10 @@ class _GroupNormStats:
             for layer in self.layers:
                 del layer.forward
 
-    def start_collecting(self) -> None:
-        self.sums = [[] for _ in self.layers]
-
-    def finish_collecting(self) -> None:
-        for index, parts in enumerate(self.sums):
-            if not parts:
-                continue
-            total = torch.stack(parts).sum(0)  # (3, G): count, sum, sum of squares
-            count, s1, s2 = total
-            mean = s1 / count
-            self.stats[index] = (mean, (s2 / count - mean * mean).clamp_min(0))
-        self.sums = []
-
     def _make_forward(self, index: int, layer: nn.GroupNorm) -> Callable[[torch.Tensor], torch.Tensor]:
         def forward(x: torch.Tensor) -> torch.Tensor:
             b, c = x.shape[:2]
-            g = layer.num_groups
-            grouped = x.float().reshape(b, g, -1)
+            grouped = x.float().reshape(b, layer.num_groups, -1)
             if self.mode == "record":
                 mean = grouped.mean(-1).mean(0)
                 var = grouped.var(-1, unbiased=False).mean(0)
@@ -167,8 +152,6 @@ class _GroupNormStats:
                 if stored is None:
                     raise RuntimeError("GroupNorm statistics were not recorded before the tiled pass")
                 mean, var = stored
-                if self.core is not None and self.sums:
-                    self._accumulate(index, x, g)
             out = (grouped - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + layer.eps)
             out = out.reshape(x.shape).to(x.dtype)
             if layer.affine:
@@ -177,15 +160,6 @@ class _GroupNormStats:
             return out
 
         return forward
-
-    def _accumulate(self, index: int, x: torch.Tensor, groups: int) -> None:
-        top, bottom, left, right = self.core
-        h, w = x.shape[-2:]
-        region = x[..., round(top * h):max(round(bottom * h), round(top * h) + 1),
-                   round(left * w):max(round(right * w), round(left * w) + 1)].detach().float()
-        flat = region.reshape(region.shape[0], groups, -1)
-        count = torch.full((groups,), float(flat.shape[0] * flat.shape[-1]), device=x.device)
-        self.sums[index].append(torch.stack([count, flat.sum((0, 2)), (flat * flat).sum((0, 2))]))
 
 
 @dataclass(frozen=True)
@@ -196,20 +170,23 @@ class VAETileConfig:
     halo: int
     align: int  # tile starts must fall on this grid (8 px for the encoder so latents line up)
     scale: float  # output units per input unit (1/8 encoder, 8 decoder)
-    stat_size: int  # long side of the downscaled copy that seeds the GroupNorm statistics
-    refine_passes: int = 0  # extra tiled passes that re-estimate the statistics from all tiles
+    stat_size: int  # long side of the downscaled copy that gives the GroupNorm statistics
 
 
 def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Module, x: torch.Tensor,
                   cfg: VAETileConfig) -> torch.Tensor:
-    """Run a convolutional VAE half tile by tile with shared GroupNorm statistics."""
+    """Run a convolutional VAE half tile by tile, every tile normalised with shared GroupNorm statistics.
+
+    Exact (up to float rounding) when the statistics pass sees the whole input (stat_size >= its
+    long side), the halo covers the net's receptive field and the net has no global attention.
+    """
     h, w = x.shape[-2:]
     core = max(cfg.align, (cfg.tile - 2 * cfg.halo) // cfg.align * cfg.align)
     rows = plan_spans(h, core, cfg.halo, cfg.align)
     cols = plan_spans(w, core, cfg.halo, cfg.align)
     stats = _GroupNormStats(modules)
     with stats.patched():
-        with torch.no_grad():  # statistics are treated as constants (no gradient through them)
+        with torch.no_grad():  # the statistics are constants: no gradient flows through them
             stats.mode = "record"
             factor = min(1.0, cfg.stat_size / max(h, w))
             small = x
@@ -218,31 +195,12 @@ def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Modul
                         max(cfg.align, round(w * factor / cfg.align) * cfg.align))
                 small = F.interpolate(x, size=size, mode="area")
             net(small)
-            stats.mode = "apply"
-            for _ in range(cfg.refine_passes):
-                stats.start_collecting()
-                _tiled_pass(net, x, rows, cols, cfg.scale, stats)
-                stats.finish_collecting()
         stats.mode = "apply"
-        stats.core = None
-        return _tiled_pass(net, x, rows, cols, cfg.scale, stats)
-
-
-def _tiled_pass(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: list[Span], cols: list[Span],
-                scale: float, stats: _GroupNormStats) -> torch.Tensor | None:
-    out_rows = []
-    for r in rows:
-        out_cols = []
-        for c in cols:
-            tile = x[..., r.start:r.stop, c.start:c.stop]
-            th, tw = r.stop - r.start, c.stop - c.start
-            if stats.sums:
-                stats.core = ((r.core_start - r.start) / th, (r.core_stop - r.start) / th,
-                              (c.core_start - c.start) / tw, (c.core_stop - c.start) / tw)
-            y = net(tile)
-            out_cols.append(_crop_core(y, r, c, scale))
-        out_rows.append(torch.cat(out_cols, dim=-1))
-    return torch.cat(out_rows, dim=-2)
+        out_rows = []
+        for r in rows:
+            out_cols = [_crop_core(net(x[..., r.start:r.stop, c.start:c.stop]), r, c, cfg.scale) for c in cols]
+            out_rows.append(torch.cat(out_cols, dim=-1))
+        return torch.cat(out_rows, dim=-2)
 
 
 def _crop_core(y: torch.Tensor, r: Span, c: Span, scale: float) -> torch.Tensor:

@@ -43,7 +43,6 @@ class RefinerConfig:
     vae_decoder_tile: int = 224
     vae_decoder_halo: int = 11
     vae_stat_size: int = 512  # long side (pixels for the encoder, x8 for the decoder) of the stats pass
-    vae_stat_passes: int = 0  # extra tiled passes refining the shared GroupNorm statistics
     clamp_input: bool = False  # TSD-SR clamps x*2-1 to [-1, 1]; SNUCV does not
 
     def __post_init__(self) -> None:
@@ -150,7 +149,7 @@ class TSDSRRefiner(nn.Module):
             return net(x)
         f = self.vae_factor
         tiles = VAETileConfig(tile=cfg.vae_encoder_tile, halo=cfg.vae_encoder_halo, align=f, scale=1.0 / f,
-                              stat_size=cfg.vae_stat_size, refine_passes=cfg.vae_stat_passes)
+                              stat_size=cfg.vae_stat_size)
         return run_vae_tiled(net, self.vae.encoder, x, tiles)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -201,7 +200,7 @@ class TSDSRRefiner(nn.Module):
             return self.vae.decoder(latent)
         f = self.vae_factor
         tiles = VAETileConfig(tile=cfg.vae_decoder_tile, halo=cfg.vae_decoder_halo, align=1, scale=float(f),
-                              stat_size=max(1, cfg.vae_stat_size // f), refine_passes=cfg.vae_stat_passes)
+                              stat_size=max(1, cfg.vae_stat_size // f))
         return run_vae_tiled(self.vae.decoder, self.vae.decoder, latent, tiles)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
