@@ -78,10 +78,15 @@ class _Evil:
         return (open, (str(self.marker), "w"))  # creating the file proves code ran
 
 
-def test_malicious_pickle_is_refused_without_running(tmp_path, tiny_sd):
+@pytest.mark.parametrize("how", ["zip", "legacy", "raw-pickle"])
+def test_malicious_pickle_is_refused_without_running(tmp_path, tiny_sd, how):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"params": tiny_sd, "extra": _Evil(marker)}, path)
+    payload = {"params": tiny_sd, "extra": _Evil(marker)}
+    if how == "raw-pickle":
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=how == "zip")
     with pytest.raises(CheckpointError, match="refused") as info:
         read_state_dict(path)
     assert str(path) in str(info.value)

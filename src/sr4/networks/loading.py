@@ -249,8 +249,11 @@ def _mismatch_report(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
 
 def build_and_load(config: UpsamplerConfig, sd: dict[str, torch.Tensor], name: str = "checkpoint") -> nn.Module:
     """Build ``config`` and load ``sd`` strictly; any mismatch raises :class:`CheckpointError`."""
-    with torch.device("meta"):
-        model = config.build()
+    try:
+        with torch.device("meta"):
+            model = config.build()
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{name}: cannot build {config.arch}({config.kwargs}): {exc}") from exc
     report = _mismatch_report(model, sd)
     if report:
         raise CheckpointError(f"{name}: checkpoint does not match {config.arch}({config.kwargs}): {report}")
