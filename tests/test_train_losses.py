@@ -18,6 +18,16 @@ from sr4.training.toy import make_tiny_clip
 from sr4.training.trainer import Trainer
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy shared CPU
+    make each step many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train_assets")
@@ -131,7 +141,6 @@ def test_refiner_terms_reach_u_through_frozen_m(assets, tmp_path, term, weights)
     assert grads["conv_first.weight"].abs().sum() > 0  # the very first layer of U receives M's gradient
 
 
-@pytest.mark.slow
 def test_ste_off_still_differentiable_and_loss_terms_all_logged(assets, tmp_path):
     cfg = refiner_cfg(assets, tmp_path)
     cfg["refiner"]["quantize_ste"] = False
@@ -162,7 +171,6 @@ def test_lpips_term_is_zero_for_identical_images_and_positive_otherwise(assets):
         build_lpips("vgg")
 
 
-@pytest.mark.slow
 def test_through_refiner_resume_is_identical(assets, tmp_path):
     straight = config_from_dict(refiner_cfg(assets, tmp_path / "a") | {"total_steps": 4})
     Trainer(straight).fit()
