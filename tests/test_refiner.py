@@ -305,7 +305,7 @@ def test_bad_embeddings_are_named(model_dir, tmp_path):
 @torch.no_grad()
 def test_tiling_options_are_exact_when_the_image_fits_one_tile(model_dir, refiner):
     tiled = TSDSRRefiner(refiner.transformer, refiner.vae, refiner.prompt_embeds, refiner.pooled_embeds,
-                         RefinerConfig(latent_tile=6, vae_tiling=True, vae_encoder_tile=48, vae_decoder_tile=6))
+                         RefinerConfig(latent_tile=6, latent_overlap=2, vae_tiling=True, vae_encoder_tile=48, vae_decoder_tile=6))
     x = _image(48, 40, seed=8)  # latent 6x5: area 30 <= 36, sides <= the encoder and decoder tiles
     assert torch.equal(tiled(x, torch.Generator().manual_seed(1)), refiner(x, torch.Generator().manual_seed(1)))
     # larger than one VAE tile: runs tiled and stays in [0, 1] with the right size
