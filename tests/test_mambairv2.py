@@ -152,3 +152,16 @@ def test_gradients_reach_routing_through_straight_through_gumbel():
     for p in (layer.assm.route[0].weight, layer.assm.embeddingB.weight, layer.embeddingA.weight,
               layer.assm.selectiveScan.A_logs, layer.win_mhsa.relative_position_bias_table):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_chunked_window_attention_matches_unchunked(monkeypatch):
+    from sr4.networks.blocks import WindowAttention
+
+    model = spread_weights(MambaIRv2(**TINY).eval())
+    x = torch.rand(2, 3, 21, 30)  # 3 x 4 windows of 8 per image, shifted layers masked
+    with torch.no_grad():
+        whole = model(x, generator=torch.Generator().manual_seed(3))
+        # 5 windows per chunk: chunks straddle images and mask rows
+        monkeypatch.setattr(WindowAttention, "max_attention_elements", 5 * 3 * 64 * 64)
+        chunked = model(x, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)

@@ -165,6 +165,9 @@ class WindowAttention(nn.Module):
     softmax((q * head_dim^-0.5) k^T + bias + mask) v in the official order of operations.
     """
 
+    #: largest attention-score tensor computed at once (elements); more windows are processed in chunks.
+    max_attention_elements: int = 1 << 24
+
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.dim = dim
@@ -182,12 +185,27 @@ class WindowAttention(nn.Module):
         heads = self.num_heads
         hd = c // heads
         q, k, v = qkv.view(bw, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (bw, heads, n, hd)
-        attn = torch.matmul(q * self.scale, k.transpose(-2, -1))
-        # The bias and mask are broadcast in place, never materialised per window.
-        attn += self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
-        if mask is not None:
-            attn.view(batch, mask.shape[0], heads, n, n).add_(mask.unsqueeze(1).to(attn.dtype))
-        out = torch.matmul(attn.softmax(-1), v)  # (bw, heads, n, hd)
+        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
+        step = max(1, self.max_attention_elements // (heads * n * n))
+        if step >= bw:
+            attn = torch.matmul(q * self.scale, k.transpose(-2, -1))
+            # The bias and mask are broadcast in place, never materialised per window.
+            attn += bias
+            if mask is not None:
+                attn.view(batch, mask.shape[0], heads, n, n).add_(mask.unsqueeze(1).to(attn.dtype))
+            out = torch.matmul(attn.softmax(-1), v)  # (bw, heads, n, hd)
+        else:
+            # Windows are independent: bound the (windows, heads, n, n) score tensor by chunking them.
+            parts = []
+            for s in range(0, bw, step):
+                e = min(bw, s + step)
+                attn = torch.matmul(q[s:e] * self.scale, k[s:e].transpose(-2, -1))
+                attn += bias
+                if mask is not None:
+                    rows = torch.arange(s, e, device=mask.device) % mask.shape[0]
+                    attn += mask.index_select(0, rows).unsqueeze(1).to(attn.dtype)
+                parts.append(torch.matmul(attn.softmax(-1), v[s:e]))
+            out = torch.cat(parts)
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
 
