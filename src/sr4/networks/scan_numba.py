@@ -1,0 +1,165 @@
+"""Selective scan on CPU: numba kernels (`scan_numba_kernels`) for forward and backward, in an autograd Function.
+
+Design:
+- The forward runs one independent recurrence per (batch, channel) pair; the state (N values) lives in
+  a small buffer, so nothing of size (B, D, N, L) is ever allocated.
+- The backward saves nothing from the forward but the inputs. Per channel it replays the recurrence
+  into two (L, N) scratch buffers (states and decays), then walks back in time. Scratch memory is
+  O(threads * L * N), independent of the channel count.
+- dB and dC are sums over the channels of a group, so each thread accumulates into its own
+  (B, G, L, N) buffer and torch sums them.
+- B and C are transposed to (B, G, L, N) before the kernels so the inner loop over states is contiguous.
+- Arithmetic is fp32 for fp16/bf16/fp32 inputs, fp64 for fp64 inputs (used by gradcheck).
+- Work is split into contiguous channel ranges run on `torch.get_num_threads()` Python threads; the
+  kernels release the GIL. No state is shared between calls, so concurrent calls are safe.
+
+numba is imported on first use and the kernels compile on their first call (then load from the on-disk
+cache), so importing sr4 never compiles anything. Every call is normalised to contiguous arrays of
+fixed rank and always passes D and delta_bias (zeros when absent), so each kernel has at most two
+compiled signatures (float32 and float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from sr4.networks.selective_scan import check_scan_args
+
+
+def numba_available() -> bool:
+    """True when numba can be imported (checked without compiling anything)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _kernels() -> ModuleType:
+    from sr4.networks import scan_numba_kernels
+
+    return scan_numba_kernels
+
+
+def _run_split(fn: Callable[[int, int, int], None], total: int, parts: int) -> None:
+    """Call fn(part, lo, hi) on `parts` contiguous ranges of range(total), one thread each."""
+    bounds = [total * i // parts for i in range(parts + 1)]
+    if parts == 1:
+        fn(0, 0, total)
+        return
+    with ThreadPoolExecutor(max_workers=parts) as pool:
+        futures = [pool.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(parts)]
+        for future in futures:
+            future.result()  # re-raises a kernel error in the caller
+
+
+# Below this many state updates (B * D * L * N) starting threads costs more than it saves.
+_MIN_PARALLEL_WORK = 1 << 17
+
+
+def _num_parts(total: int, work: int) -> int:
+    if work < _MIN_PARALLEL_WORK:
+        return 1
+    return max(1, min(total, torch.get_num_threads()))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _arrays(u, delta, A, B, C, D, delta_bias, dtype):
+    """Contiguous numpy views in the compute dtype; B and C transposed to (B, G, L, N)."""
+    dim = A.shape[0]
+    zeros = torch.zeros(dim, dtype=dtype)
+    tensors = (
+        u.detach().to(dtype).contiguous(),
+        delta.detach().to(dtype).contiguous(),
+        A.detach().to(dtype).contiguous(),
+        B.detach().to(dtype).transpose(2, 3).contiguous(),
+        C.detach().to(dtype).transpose(2, 3).contiguous(),
+        zeros if D is None else D.detach().to(dtype).contiguous(),
+        zeros if delta_bias is None else delta_bias.detach().to(dtype).contiguous(),
+    )
+    return tensors, [t.numpy() for t in tensors]
+
+
+class SelectiveScanNumba(torch.autograd.Function):
+    """Autograd wrapper: forward and backward both run the numba kernels."""
+
+    @staticmethod
+    def forward(ctx: Any, u, delta, A, B, C, D, delta_bias, delta_softplus):  # type: ignore[override]
+        dtype = _compute_dtype(u.dtype)
+        _keep, arrs = _arrays(u, delta, A, B, C, D, delta_bias, dtype)  # _keep owns the arrays' memory
+        y = torch.empty(u.shape, dtype=dtype)
+        kernels = _kernels()
+        y_arr = y.numpy()
+        softplus = bool(delta_softplus)
+        pairs = u.shape[0] * u.shape[1]
+        parts = _num_parts(pairs, u.numel() * A.shape[1])
+        _run_split(lambda _, lo, hi: kernels.scan_forward(*arrs, softplus, y_arr, lo, hi), pairs, parts)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.delta_softplus = bool(delta_softplus)
+        return y.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
+        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        dtype = _compute_dtype(u.dtype)
+        _keep, arrs = _arrays(u, delta, A, B, C, D, delta_bias, dtype)
+        kernels = _kernels()
+        nb, dim, length = u.shape
+        groups, nstate = B.shape[1], A.shape[1]
+        nblocks = _num_parts(dim, u.numel() * nstate)
+        du = torch.empty(u.shape, dtype=dtype)
+        ddelta = torch.empty(u.shape, dtype=dtype)
+        dA = torch.empty(A.shape, dtype=dtype)
+        dB_parts = torch.zeros(nblocks, nb, groups, length, nstate, dtype=dtype)
+        dC_parts = torch.zeros(nblocks, nb, groups, length, nstate, dtype=dtype)
+        dD = torch.empty(dim, dtype=dtype)
+        dbias = torch.empty(dim, dtype=dtype)
+        dy_arr = dy.detach().to(dtype).contiguous().numpy()
+        outs = [x.numpy() for x in (du, ddelta, dA)]
+        dB_arr, dC_arr, dD_arr, dbias_arr = dB_parts.numpy(), dC_parts.numpy(), dD.numpy(), dbias.numpy()
+
+        def work(part: int, lo: int, hi: int) -> None:
+            kernels.scan_backward(*arrs, ctx.delta_softplus, dy_arr, *outs, dB_arr[part], dC_arr[part],
+                                  dD_arr, dbias_arr, lo, hi)
+
+        _run_split(work, dim, nblocks)
+        dB = dB_parts.sum(0).transpose(2, 3).to(B.dtype)
+        dC = dC_parts.sum(0).transpose(2, 3).to(C.dtype)
+        return (
+            du.to(u.dtype),
+            ddelta.to(delta.dtype),
+            dA.to(A.dtype),
+            dB,
+            dC,
+            None if D is None else dD.to(D.dtype),
+            None if delta_bias is None else dbias.to(delta_bias.dtype),
+            None,
+        )
+
+
+def selective_scan_numba(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Selective scan on CPU tensors with the numba kernels (differentiable in every tensor argument)."""
+    check_scan_args(u, delta, A, B, C, D, delta_bias)
+    if u.device.type != "cpu":
+        raise RuntimeError(f"selective_scan backend 'numba' needs CPU tensors, got tensors on {u.device}")
+    # (B, N, L) is one group; unsqueeze keeps autograd's gradient in the caller's shape.
+    B4 = B.unsqueeze(1) if B.dim() == 3 else B
+    C4 = C.unsqueeze(1) if C.dim() == 3 else C
+    return SelectiveScanNumba.apply(u, delta, A, B4, C4, D, delta_bias, delta_softplus)

@@ -1,0 +1,133 @@
+"""numba kernels of the CPU selective scan (imported only by `scan_numba` on first use).
+
+Each kernel is serial, releases the GIL (`nogil`) and works on a range of channels, so the caller
+runs one range per thread. Serial kernels compile several times faster than `parallel=True` ones,
+and plain Python threads need no numba threading layer (the "workqueue" layer is not thread-safe).
+Decorating does not compile: compilation happens on the first call and is cached on disk.
+
+Array layouts (all C-contiguous, one float dtype per call):
+u, delta, y, dy, du, ddelta (B, D, L); A, dA (D, N); Bt, Ct, dBt, dCt (B, G, L, N); Dv, bias, dD, dbias (D,).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# torch.nn.functional.softplus's default threshold: above it softplus(x) is x.
+SOFTPLUS_THRESHOLD = 20.0
+
+# Reassociation lets LLVM vectorise the sums over states; no nnan/ninf, so inf/nan propagate as in torch.
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _step_size(x, softplus):
+    if softplus and x <= SOFTPLUS_THRESHOLD:
+        return np.log1p(np.exp(x))
+    return x
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def scan_forward(u, delta, A, Bt, Ct, Dv, bias, softplus, y, pair_lo, pair_hi):
+    """y for the flattened (batch, channel) pairs pair_lo..pair_hi-1."""
+    nd, length = u.shape[1], u.shape[2]
+    nstate = A.shape[1]
+    per_group = nd // Bt.shape[1]
+    h = np.empty(nstate, dtype=u.dtype)
+    for pair in range(pair_lo, pair_hi):
+        b = pair // nd
+        d = pair % nd
+        g = d // per_group
+        a_row = A[d]
+        h[:] = 0.0
+        for t in range(length):
+            ut = u[b, d, t]
+            dt = _step_size(delta[b, d, t] + bias[d], softplus)
+            dtu = dt * ut
+            b_t = Bt[b, g, t]
+            c_t = Ct[b, g, t]
+            acc = 0.0
+            for n in range(nstate):
+                hn = np.exp(dt * a_row[n]) * h[n] + dtu * b_t[n]
+                h[n] = hn
+                acc += hn * c_t[n]
+            y[b, d, t] = acc + Dv[d] * ut
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def scan_backward(u, delta, A, Bt, Ct, Dv, bias, softplus, dy, du, ddelta, dA, dBt, dCt, dD, dbias, d_lo, d_hi):
+    """Gradients for channels d_lo..d_hi-1 (all batches).
+
+    du, ddelta and the rows d_lo..d_hi-1 of dA, dD, dbias are written only by this call; dBt and dCt
+    must be this call's own accumulators (zero-initialised), summed by the caller over calls.
+    """
+    nb, length = u.shape[0], u.shape[2]
+    nd = u.shape[1]
+    nstate = A.shape[1]
+    per_group = nd // Bt.shape[1]
+    # hs[t + 1] is the state after step t (hs[0] = 0); decays[t] the decay of step t, with a zero
+    # row at the end so the reverse walk needs no boundary test. Both are replayed per channel, so
+    # scratch memory is O(L * N) whatever the channel count.
+    hs = np.zeros((length + 1, nstate), dtype=u.dtype)
+    decays = np.zeros((length + 1, nstate), dtype=u.dtype)
+    dts = np.empty(length, dtype=u.dtype)
+    dh = np.empty(nstate, dtype=u.dtype)
+    dA_row = np.empty(nstate, dtype=u.dtype)
+    for d in range(d_lo, d_hi):
+        g = d // per_group
+        a_row = A[d]
+        dA_row[:] = 0.0
+        acc_d = 0.0
+        acc_bias = 0.0
+        for b in range(nb):
+            for t in range(length):
+                dt = _step_size(delta[b, d, t] + bias[d], softplus)
+                dts[t] = dt
+                dtu = dt * u[b, d, t]
+                b_t = Bt[b, g, t]
+                dec_t = decays[t]
+                h_prev = hs[t]
+                h_next = hs[t + 1]
+                for n in range(nstate):
+                    dec = np.exp(dt * a_row[n])
+                    dec_t[n] = dec
+                    h_next[n] = dec * h_prev[n] + dtu * b_t[n]
+            # Reverse walk: dh is dLoss/dh_t; the future's share arrives through decays[t + 1].
+            dh[:] = 0.0
+            for t in range(length - 1, -1, -1):
+                gt = dy[b, d, t]
+                ut = u[b, d, t]
+                dt = dts[t]
+                dtu = dt * ut
+                acc_d += gt * ut
+                b_t = Bt[b, g, t]
+                c_t = Ct[b, g, t]
+                dec_t = decays[t]
+                dec_next = decays[t + 1]
+                h_prev = hs[t]
+                h_t = hs[t + 1]
+                db_t = dBt[b, g, t]
+                dc_t = dCt[b, g, t]
+                ddt = 0.0
+                du_t = 0.0
+                for n in range(nstate):
+                    dhn = dh[n] * dec_next[n] + gt * c_t[n]
+                    dh[n] = dhn
+                    dc_t[n] += gt * h_t[n]
+                    # decay = exp(dt * A), so dLoss/d(dt * A) = dh * h_prev * decay.
+                    dlog = dhn * h_prev[n] * dec_t[n]
+                    ddt += dlog * a_row[n] + dhn * b_t[n] * ut
+                    dA_row[n] += dlog * dt
+                    db_t[n] += dhn * dtu
+                    du_t += dhn * b_t[n]
+                du[b, d, t] = du_t * dt + Dv[d] * gt
+                x = delta[b, d, t] + bias[d]
+                if softplus and x <= SOFTPLUS_THRESHOLD:
+                    ddt = ddt / (1.0 + np.exp(-x))  # softplus' = sigmoid
+                ddelta[b, d, t] = ddt
+                acc_bias += ddt
+        for n in range(nstate):
+            dA[d, n] = dA_row[n]
+        dD[d] = acc_d
+        dbias[d] = acc_bias
