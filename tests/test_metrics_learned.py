@@ -3,7 +3,9 @@
 Files written here: torchvision's `alexnet-owt-*.pth` / `vgg16-*.pth` (state dict of the whole
 network: features.* and classifier.*), pyiqa's LPIPS file (lin<k>.model.1.weight, optionally
 the trunk as net.slice<s>.<i>.*) and DISTS file (alpha, beta, optionally stage<s>.<i>.*).
-The distances are checked against a functional re-computation written from the papers' formulas.
+The distances are checked against a functional re-computation written from the papers' formulas,
+and against the official `lpips` 0.1.4 and `DISTS_pytorch` 0.1 packages (learned_official.json,
+computed outside this repo on the deterministic formula_* weights below).
 """
 
 import numpy as np
@@ -39,6 +41,37 @@ def torchvision_vgg16(gen):
     for i, (cin, cout) in zip(VGG_CONVS, VGG_CH):
         sd[f"features.{i}.weight"], sd[f"features.{i}.bias"] = _conv(gen, cin, cout, 3)
     return sd
+
+
+def _formula(shape, layer, scale):
+    # Platform-independent weights (no RNG): reference values computed elsewhere can be reproduced.
+    i = np.arange(int(np.prod(shape)))
+    return torch.from_numpy(scale * np.sin(0.7 * i + 1.3 * layer) * np.cos(0.013 * i)).float().reshape(shape)
+
+
+def formula_alexnet():
+    sd = {}
+    for layer, (i, cin, cout, k) in enumerate(ALEX_CONVS):
+        sd[f"features.{i}.weight"] = _formula((cout, cin, k, k), layer, (3.0 / (cin * k * k)) ** 0.5)
+        sd[f"features.{i}.bias"] = _formula((cout,), layer + 10, 0.01)
+    return sd
+
+
+def formula_vgg16():
+    sd = {}
+    for layer, (i, (cin, cout)) in enumerate(zip(VGG_CONVS, VGG_CH)):
+        sd[f"features.{i}.weight"] = _formula((cout, cin, 3, 3), layer, (3.0 / (cin * 9)) ** 0.5)
+        sd[f"features.{i}.bias"] = _formula((cout,), layer + 20, 0.01)
+    return sd
+
+
+def formula_heads():
+    return {f"lin{k}.model.1.weight": _formula((1, c, 1, 1), k + 40, 0.05).abs()
+            for k, c in enumerate([64, 192, 384, 256, 256])}
+
+
+def formula_alpha_beta():
+    return {"alpha": 0.1 + _formula((1, 1475, 1, 1), 50, 0.01), "beta": 0.1 + _formula((1, 1475, 1, 1), 51, 0.01)}
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +304,31 @@ def test_dists_full_pyiqa_state_dict_needs_no_torchvision_file(tmp_path, weights
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "pyiqa" / DISTS_W.name)
     x, y = images(5, size=32)
     torch.testing.assert_close(DISTS.from_pretrained(tmp_path)(x, y), model(x, y))
+
+
+@pytest.mark.parametrize("name", ["coffee", "chelsea"])
+def test_matches_official_packages(tmp_path_factory, name):
+    # learned_official.json: the official lpips / DISTS_pytorch packages on the same formula weights.
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    data = Path(__file__).parent / "data" / "metrics"
+    ref = json.loads((data / "learned_official.json").read_text())["values"][name]
+    root = tmp_path_factory.getbasetemp() / "formula_weights"
+    if not root.exists():
+        (root / "pyiqa").mkdir(parents=True)
+        (root / "checkpoints").mkdir()
+        torch.save(formula_alexnet(), root / "checkpoints" / ALEXNET.name)
+        torch.save(formula_heads(), root / "pyiqa" / LPIPS_ALEX.name)
+        torch.save(formula_vgg16(), root / "checkpoints" / VGG16.name)
+        torch.save(formula_alpha_beta(), root / "pyiqa" / DISTS_W.name)
+
+    def load(f):
+        return torch.from_numpy(np.asarray(Image.open(data / f).convert("RGB")).copy()).permute(2, 0, 1)[None] / 255.0
+
+    sr, hr = load(f"sr_{name}.png"), load(f"hr_{name}.png")
+    with torch.no_grad():
+        assert LPIPS.from_pretrained(root)(sr, hr).item() == pytest.approx(ref["lpips"], rel=1e-5, abs=1e-7)
+        assert DISTS.from_pretrained(root)(sr, hr).item() == pytest.approx(ref["dists"], rel=1e-5, abs=1e-7)
