@@ -322,7 +322,7 @@ class ASSM(nn.Module):
 
         # in_proj is a 1x1 conv: a linear map on tokens; CPE runs on a channels_last view.
         conv = self.in_proj[0]
-        seq = F.linear(x, conv.weight.view(conv.out_channels, c), conv.bias)  # (B, n, hidden)
+        seq = F.linear(x, conv.weight.reshape(conv.out_channels, c), conv.bias)  # (B, n, hidden)
         seq = seq * torch.sigmoid(image_to_tokens(self.CPE(tokens_to_image(seq, h, w))))
         hidden = seq.shape[-1]
 
