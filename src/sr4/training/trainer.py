@@ -174,6 +174,10 @@ class Trainer:
         if self.through_refiner:
             self.refiner = refiner if refiner is not None else build_refiner(cfg, self.device)
             self.refiner.to(self.device).eval().requires_grad_(False)
+            if cfg.refiner.gradient_checkpointing:
+                for part in (getattr(self.refiner, "transformer", None), getattr(self.refiner, "vae", None)):
+                    if part is not None and hasattr(part, "enable_gradient_checkpointing"):
+                        part.enable_gradient_checkpointing()
         self.loss = build_loss(cfg).to(self.device)
         o = cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -269,15 +273,9 @@ class Trainer:
         amp = self.device.type == "cuda" and self.cfg.refiner.dtype != "fp32"
         dtype = resolve_dtype(self.cfg.refiner.dtype, self.device)
 
-        def run(t: torch.Tensor) -> torch.Tensor:
-            gen = torch.Generator(device="cpu").manual_seed(seed)  # TSD-SR draws its latent noise on the CPU
-            ctx = torch.autocast("cuda", dtype=dtype) if amp else contextlib.nullcontext()
-            with ctx:
-                return refiner(t, generator=gen).float()
-
-        if self.cfg.model.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(run, x, use_reentrant=False)
-        return run(x)
+        gen = torch.Generator(device="cpu").manual_seed(seed)  # sr4's TSD-SR draws its latent noise on the CPU
+        with torch.autocast("cuda", dtype=dtype) if amp else contextlib.nullcontext():
+            return refiner(x, generator=gen).float()
 
     def train_step(self, batch: dict) -> dict[str, float]:
         cfg, step = self.cfg, self.step
