@@ -274,8 +274,9 @@ class SelectiveScanParams(nn.Module):
             x.float().transpose(1, 2).contiguous(),
             dts.float().transpose(1, 2).contiguous(),
             -torch.exp(self.A_logs.float()),
-            bs.float().transpose(1, 2).unsqueeze(1).contiguous(),
-            cs.transpose(1, 2).unsqueeze(1).contiguous(),
+            # B and C stay (B, 1, N, L) views of (B, L, N) memory: the backends pick their own layout.
+            bs.float().transpose(1, 2).unsqueeze(1),
+            cs.transpose(1, 2).unsqueeze(1),
             self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().view(-1),
             delta_softplus=True,
