@@ -21,7 +21,15 @@ def _tile(value: str) -> str | int | None:
     return n
 
 
+EPILOG = """outputs (in --out): metrics.csv (one row per image), summary.json (averages, score, settings,
+metric versions, skipped files), report.html with box plots and bicubic/SR/HR crops of the best and
+worst image (PNG files next to it). The score is printed only when all six perceptual metrics ran.
+exit status: 0 all pairs scored, 1 some files skipped (listed), 2 usage error or nothing to score."""
+
+
 def add_parser(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("sr_dir", nargs="?", type=Path, help="folder of SR images (e.g. 0901x4.png or 0901.png)")
     p.add_argument("hr_dir", nargs="?", type=Path, help="folder of HR images (e.g. 0901.png)")
     p.add_argument("--out", type=Path, help="output folder for metrics.csv, summary.json, report.html "
