@@ -208,3 +208,17 @@ def test_upscale_then_score(tmp_path):
     assert "made by sr4" in (out / "report.html").read_text()
     assert main(args) == 2  # outputs exist: refuse without --overwrite
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_pixels_become_8bit_rgb():
+    from sr4.metrics.evaluate import to_rgb8
+
+    la = np.stack([np.full((2, 2), 7, np.uint8), np.full((2, 2), 200, np.uint8)], axis=2)
+    np.testing.assert_array_equal(to_rgb8(la), np.full((2, 2, 3), 7, np.uint8))  # alpha dropped, gray -> G,G,G
+    rgba16 = np.zeros((1, 3, 4), np.uint16)
+    rgba16[0, :, 0] = [0, 32896, 65535]  # 65535 -> 255, 32896 = 128 * 257 -> 128
+    out = to_rgb8(rgba16)
+    assert out.shape == (1, 3, 3) and out.dtype == np.uint8
+    assert out[0, :, 0].tolist() == [0, 128, 255]
+    with pytest.raises(ValueError, match="unsupported"):
+        to_rgb8(np.zeros((2, 2, 3), np.float32))
