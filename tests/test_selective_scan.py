@@ -120,12 +120,18 @@ def test_fast_backend_matches_reference(backend, groups, softplus, with_d, with_
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-def test_fast_backend_softplus_threshold_branch(backend):
-    # delta + bias spread over [-30, 30]: both softplus branches, and exp(dt*A) far below 1.
-    x = make_inputs(2, 6, 4, 25, groups=2, seed=7)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_backend_softplus_threshold_branch(backend, dtype):
+    # delta + bias over [-30, 150]: both softplus branches (exp(x) overflows fp32 above ~88, so the
+    # x > 20 branch must bypass it), and decays exp(dt * A) far below 1. In fp64 the tolerance is tight
+    # enough to see softplus(x) - x = log1p(exp(-x)), i.e. a wrong threshold.
+    x = make_inputs(2, 6, 4, 25, groups=2, seed=7, dtype=dtype)
     with torch.no_grad():
-        x["delta"].copy_(torch.linspace(-30, 30, x["delta"].numel()).reshape(x["delta"].shape))
-    _check_against_reference(backend, x, True)
+        x["delta"].copy_(torch.linspace(-30, 150, x["delta"].numel()).reshape(x["delta"].shape))
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    if backend.startswith("cuda:") and dtype == torch.float64:
+        pytest.skip("mamba_ssm's kernel has no fp64")
+    _check_against_reference(backend, x, True, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
