@@ -220,3 +220,26 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=0.01 * lr)
     state = torch.load(ckpt_io.find_checkpoint(tmp_path / "ddp") / ckpt_io.STATE, weights_only=True)
     assert state["world_size"] == 2 and state["step"] == 4
+
+
+def test_lr_schedules_and_ema_math():
+    from sr4.training.config import OptimConfig
+    from sr4.training.ema import EMA
+    from sr4.training.trainer import lr_lambda
+
+    f = lr_lambda(OptimConfig(scheduler="cosine", warmup_steps=4, min_lr_ratio=0.1), total_steps=14)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine part
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    g = lr_lambda(OptimConfig(scheduler="multistep", milestones=[3, 5], gamma=0.5), total_steps=10)
+    assert [g(s) for s in range(7)] == [1, 1, 1, 0.5, 0.5, 0.25, 0.25]
+
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, 0.9)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)
+    torch.testing.assert_close(ema.state_dict()["weight"], 0.9 * start + 0.1 * (start + 1.0))
+    with pytest.raises(KeyError, match="does not match"):
+        ema.load_state_dict({"weight": start})
