@@ -1,0 +1,47 @@
+"""Entry point for the NTIRE 2025 Image SR x4 challenge harness (zhengchen1999/NTIRE2025_ImageSR_x4).
+
+The harness's `test.py` imports `models/<team>/` and calls
+`main(model_dir=..., input_path=..., output_path=..., device=...)`. This `main` runs the SNUCV
+pipeline on every image of `input_path` (LR files such as `0901x4.png`) and writes each result
+under the same name to `output_path`. A package `models/teamXX_sr4/__init__.py` containing
+`from sr4.pipeline.harness import main` is all the challenge repository needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+# What the official SNUCV harness globs: *.png / *.jpg (and .jpeg) in any letter case.
+INPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def list_inputs(input_path: str | os.PathLike) -> list[Path]:
+    folder = Path(input_path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder {str(folder)!r} does not exist or is not a directory")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+
+
+def main(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,
+         device: str | torch.device | None = None, **options) -> list[Path]:
+    """Upscale every image of `input_path` x4 into `output_path` (same file names); returns the outputs.
+
+    device None means CUDA when available, else the CPU. `options` go to `Pipeline.from_model_dir`
+    (e.g. pipeline="tsdsr", latent="mean", seed=1); the default is SNUCV's submission: snucv,
+    sampled latent, no colour fix.
+    """
+    from sr4.pipeline.snucv import Pipeline
+
+    inputs = list_inputs(input_path)
+    pipe = Pipeline.from_model_dir(model_dir, device="auto" if device is None else device, **options)
+    out_dir = Path(output_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src in inputs:
+        written.append(pipe.process_file(src, out_dir / src.name, overwrite=True))
+        if pipe.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return written

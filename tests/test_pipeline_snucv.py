@@ -1,0 +1,155 @@
+"""sr4.Pipeline (SNUCV and TSD-SR) on tiny random models in SNUCV's folder layout."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from refiner_fixtures import write_tiny_model_folder
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+pytest.importorskip("sr4.networks.mambairv2")
+
+import sr4  # noqa: E402
+from sr4.pipeline.snucv import Pipeline, quantize_8bit_ste, snucv_forward, tsdsr_process_size  # noqa: E402
+from sr4.refiner.colorfix import wavelet_color_fix  # noqa: E402
+from sr4.refiner.folder import ModelFolderError  # noqa: E402
+from sr4.refiner.tsdsr import RefinerConfig, TSDSRRefiner  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_tiny_model_folder(tmp_path_factory.mktemp("snucv"))
+
+
+@pytest.fixture(scope="module")
+def snucv(model_dir):
+    return Pipeline.from_model_dir(model_dir, device="cpu", upsampler_tile=None)
+
+
+def _lr(h: int = 12, w: int = 14, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(1, 3, h // 2, w // 2, generator=g), size=(h, w), mode="bilinear")
+
+
+def _tiny_upsampler(model_dir):
+    from refiner_fixtures import TINY_MAMBA
+
+    from sr4.networks.mambairv2 import MambaIRv2
+
+    net = MambaIRv2(**TINY_MAMBA).eval()
+    net.load_state_dict(torch.load(model_dir / "mamba_trained.pth", weights_only=True)["params"])
+    return net.requires_grad_(False)
+
+
+def test_public_name_and_quantiser():
+    assert sr4.Pipeline is Pipeline
+    x = torch.tensor([0.0, 0.5, 0.1234, 1.02, -0.01], requires_grad=True)
+    q = quantize_8bit_ste(x)
+    assert torch.equal(q, torch.round(x.detach() * 255) / 255)  # not clamped: 1.02 and -0.01 survive
+    assert q[3] > 1 and q[4] < 0
+    (q * torch.arange(5.0)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(5.0))  # straight-through
+
+
+@torch.no_grad()
+def test_snucv_equals_upsampler_then_quantise_then_refiner(model_dir, snucv):
+    lr = _lr()
+    out = snucv(lr[0], seed=3)
+    u = _tiny_upsampler(model_dir)
+    refiner = TSDSRRefiner.from_model_dir(model_dir)
+    g = torch.Generator().manual_seed(3)  # one generator: U's routing noise, then the VAE sample
+    up = u(lr, generator=g)
+    expected = refiner(torch.round(up * 255) / 255, g).clamp(0, 1)[0]
+    assert out.shape == (3, 48, 56)
+    assert (out - expected).abs().max() < 1e-5
+    # determinism and seed dependence
+    assert torch.equal(snucv(lr[0], seed=3), out)
+    assert (snucv(lr[0], seed=4) - out).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_snucv_forward_trains_the_upsampler_only(model_dir):
+    u = _tiny_upsampler(model_dir).requires_grad_(True)
+    refiner = TSDSRRefiner.from_model_dir(model_dir)
+    out = snucv_forward(u, refiner, _lr(8, 8), torch.Generator().manual_seed(0))
+    out.mean().backward()
+    grads = [p.grad for p in u.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None and not p.requires_grad for p in refiner.parameters())
+
+
+def test_tsdsr_process_size_matches_original_rule():
+    assert tsdsr_process_size(339, 510) == (1352, 2040)  # 1356 floored to a multiple of 8
+    assert tsdsr_process_size(100, 300) == (512, 1536)  # short side enlarged to 128, x4
+    assert tsdsr_process_size(101, 150) == (512, 760)  # int(128/101*150)=190 -> 760
+    assert tsdsr_process_size(130, 131) == (520, 520)  # 524 floored to a multiple of 8
+    assert tsdsr_process_size(12, 14, process_size=64) == (64, 72)
+
+
+@torch.no_grad()
+def test_tsdsr_equals_bicubic_refiner_resize_colourfix(model_dir):
+    pipe = Pipeline.from_model_dir(model_dir, pipeline="tsdsr", device="cpu", process_size=64, latent_tile=8,
+                                   latent_overlap=2)
+    assert pipe.color_fix == "wavelet" and pipe.upsampler is None
+    lr = _lr(13, 15, seed=1)
+    out = pipe(lr[0], seed=2)
+    refiner = TSDSRRefiner.from_model_dir(model_dir, config=RefinerConfig(latent_tile=8, latent_overlap=2,
+                                                                          clamp_input=True))
+    nh, nw = tsdsr_process_size(13, 15, process_size=64)
+    assert (nh, nw) == (64, 72)
+    x = F.interpolate(lr, size=(nh, nw), mode="bicubic", align_corners=False)
+    y = refiner(x, torch.Generator().manual_seed(2))
+    y = F.interpolate(y, size=(52, 60), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    expected = wavelet_color_fix(y, lr)[0]
+    assert out.shape == (3, 52, 60) and (out - expected).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_latent_mean_makes_tsdsr_independent_of_the_seed(model_dir):
+    pipe = Pipeline.from_model_dir(model_dir, pipeline="tsdsr", latent="mean", color_fix="adain", device="cpu",
+                                   process_size=32)
+    lr = _lr(8, 8, seed=5)[0]
+    assert torch.equal(pipe(lr, seed=1), pipe(lr, seed=2))
+
+
+def test_missing_files_reported_once(model_dir, tmp_path):
+    d = tmp_path / "partial"
+    shutil.copytree(model_dir, d)
+    (d / "mamba_trained.pth").unlink()
+    (d / "vae.safetensors").unlink()
+    shutil.rmtree(d / "transformer")
+    with pytest.raises(ModelFolderError) as err:
+        Pipeline.from_model_dir(d, device="cpu")
+    msg = str(err.value)
+    assert "missing 4 file(s)" in msg
+    for part in ("mamba_trained.pth", "vae.safetensors", "transformer/config.json", "transformer/diffusion_pytorch"):
+        assert part in msg
+    # tsdsr does not need the upsampler checkpoint
+    with pytest.raises(ModelFolderError, match=r"missing 3 file\(s\)"):
+        Pipeline.from_model_dir(d, pipeline="tsdsr", device="cpu")
+    with pytest.raises(ValueError, match="pipeline"):
+        Pipeline.from_model_dir(model_dir, pipeline="bogus")
+
+
+@pytest.mark.slow
+def test_cli_upscale_snucv_end_to_end(model_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sr4.cli import main
+
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((12, 14, 3)) * 255).astype(np.uint8)).save(src)
+    out_dir = tmp_path / "out"
+    rc = main(["upscale", str(src), "-o", str(out_dir), "--pipeline", "snucv", "--model-dir", str(model_dir),
+               "--device", "cpu"])
+    assert rc == 0
+    with Image.open(out_dir / "in.png") as im:
+        assert im.size == (56, 48) and im.mode == "RGB"
+    rc = main(["upscale", str(src), "-o", str(tmp_path / "bad"), "--pipeline", "snucv", "--model-dir",
+               str(tmp_path / "nowhere"), "--device", "cpu"])
+    assert rc == 2
