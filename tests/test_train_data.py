@@ -144,3 +144,19 @@ def test_val_dataset_modcrops_and_makes_lr(tmp_path):
     assert s["gt"].shape == (3, 48, 60) and s["lq"].shape == (3, 12, 15)
     lr = make_lr(s["gt"].permute(1, 2, 0).numpy(), 4, True)
     np.testing.assert_array_equal(s["lq"].permute(1, 2, 0).numpy(), lr)
+
+
+def test_sixteen_bit_and_grey_sources_keep_precision(tmp_path):
+    from sr4.image.io import ImageData, write_image
+
+    rng = np.random.default_rng(0)
+    px16 = rng.integers(0, 65536, size=(40, 40, 3), dtype=np.uint16)
+    (tmp_path / "hr").mkdir()
+    write_image(tmp_path / "hr" / "deep.png", ImageData(px16))
+    Image.fromarray(_photo()[:40, :40, 1]).save(tmp_path / "hr" / "grey.png")
+    ds = TrainDataset([SourceConfig(str(tmp_path / "hr"))], gt_size=40, scale=4, seed=0, hflip=False, rot90=False)
+    names = [it.hr.name for it in ds.items]
+    deep = ds[(0, names.index("deep.png"))]["gt"].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(deep * 65535, px16, atol=0.02)  # not truncated to 8 bits
+    grey = ds[(0, names.index("grey.png"))]["gt"]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])

@@ -39,8 +39,9 @@ class ModelConfig:
 class RefinerConfig:
     # Folder in the SNUCV/TSD-SR layout (transformer/, vae/, LoRA files, prompt embeddings).
     path: str | None = None
-    # Autocast dtype for M on CUDA ("fp16", "bf16", "fp32"); M always runs fp32 on CPU.
-    dtype: str = "fp16"
+    # M's weights and autocast dtype on CUDA ("bf16", "fp16", "fp32"); fp32 on CPU. bf16 by default:
+    # gradients flow back through M, and fp16 backward without loss scaling can underflow.
+    dtype: str = "bf16"
     # Latent tile size for M; 0 = whole patch in one pass (256 px patches need no tiling).
     tile: int = 0
     # Straight-through 8-bit rounding of U(I) before M, as SNUCV feeds M at inference.

@@ -38,14 +38,19 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """Decode to float32 HWC RGB in [0, 1]; 16-bit grey keeps its precision."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / 65535.0
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        else:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    """Decode with sr4.image (8/16-bit, EXIF orientation, as inference reads) to float32 HWC RGB
+    in [0, 1]; grey is repeated to 3 channels and alpha dropped."""
+    from sr4.image.io import read_image
+
+    px = read_image(path).pixels
+    if px.dtype == np.uint8:
+        arr = px.astype(np.float32) / 255.0
+    elif px.dtype == np.uint16:
+        arr = px.astype(np.float32) / 65535.0
+    else:
+        arr = np.clip(px.astype(np.float32), 0.0, 1.0)
+    c = arr.shape[2]
+    arr = arr[:, :, :3] if c >= 3 else np.repeat(arr[:, :, :1], 3, axis=2)
     return np.ascontiguousarray(arr)
 
 

@@ -353,7 +353,8 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
-        with _run_logging(self.exp / "train.log" if main else None, main) as writer_factory:
+        with contextlib.ExitStack() as stack:
+            writer_factory = stack.enter_context(_run_logging(self.exp / "train.log" if main else None, main))
             if main:
                 atomic_write_text(self.exp / "config.yaml", dump_config(cfg))
             writer = writer_factory(self.exp / "tb") if main else None
@@ -368,6 +369,10 @@ class Trainer:
             saved_at = self.step if self.step else -1
             t0, s0 = time.perf_counter(), self.step
             bar = _progress_bar(self.step, cfg.total_steps) if main and cfg.progress else None
+            if bar is not None:  # log lines go above the bar instead of through it
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
+                stack.enter_context(logging_redirect_tqdm(loggers=[log]))
             for batch in self._loader(dataset):
                 self._note_skipped(batch["skipped"])
                 last = self.train_step(batch)
@@ -381,9 +386,9 @@ class Trainer:
                 if cfg.data.val is not None and cfg.val_every and self.step % cfg.val_every == 0:
                     self._run_validation(writer)
                 if bar is not None:
-                    bar.update(1)
                     bar.set_postfix({k: f"{last[k]:.4f}" for k in ("total", "l1", "lpips", "clip") if k in last},
                                     refresh=False)
+                    bar.update(1)
             if bar is not None:
                 bar.close()
             if saved_at != self.step:
