@@ -153,7 +153,13 @@ def test_cli_run_writes_experiment_and_refuses_to_overwrite(tmp_path, capsys):
     assert saved["sample_images"] == 1 and saved["total_steps"] == 2
     log = (exp / "train.log").read_text()
     assert "step 2" in log and "validation step 2 sr_psnr=" in log
-    assert list((exp / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(exp / "tb"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert {"train/l1", "train/total", "lr", "val/sr_psnr", "val/sr_ssim"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/l1")] == [2]
+    assert len(tags["images"]) == 1  # sample_images=1: LR | SR | GT strip
     assert main(["train", str(cfg_path)]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
     assert main(["train", str(cfg_path), "total_steps=3", "--resume"]) == 0
@@ -243,3 +249,14 @@ def test_lr_schedules_and_ema_math():
     torch.testing.assert_close(ema.state_dict()["weight"], 0.9 * start + 0.1 * (start + 1.0))
     with pytest.raises(KeyError, match="does not match"):
         ema.load_state_dict({"weight": start})
+
+
+def test_old_checkpoints_are_pruned_but_latest_kept(tmp_path):
+    cfg = config_from_dict(conv_cfg(tmp_path, total_steps=4, save_every=1, keep_checkpoints=2))
+    Trainer(cfg).fit()
+    root = Path(cfg.exp_dir) / "checkpoints"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step_00000003", "step_00000004"]
+    assert ckpt_io.find_checkpoint(Path(cfg.exp_dir)).name == "step_00000004"
+    (root / ckpt_io.LATEST).write_text("step_00000001\n")  # points at a pruned checkpoint
+    with pytest.raises(ckpt_io.CheckpointError, match="incomplete or missing"):
+        ckpt_io.find_checkpoint(Path(cfg.exp_dir))

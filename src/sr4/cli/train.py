@@ -16,7 +16,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="override config keys, dotted for nesting: optim.lr=2e-5 data.train.0.path=/data/DIV2K")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
-                       help="resume the experiment's latest checkpoint, or the checkpoint/experiment folder PATH")
+                       help="resume the experiment's latest checkpoint, or the checkpoint/experiment folder PATH "
+                            "(write it after CONFIG and the overrides)")
     group.add_argument("--auto-resume", action="store_true",
                        help="resume when the experiment folder holds a checkpoint, else start fresh")
     p.add_argument("--exp-dir", help="experiment folder (same as exp_dir=...)")

@@ -356,7 +356,7 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             writer_factory = stack.enter_context(_run_logging(self.exp / "train.log" if main else None, main))
             if main:
-                atomic_write_text(self.exp / "config.yaml", dump_config(cfg))
+                self._write_config()
             writer = writer_factory(self.exp / "tb") if main else None
             dataset = TrainDataset(cfg.data.train, cfg.data.gt_size, cfg.model.scale, cfg.seed, cfg.data.hflip,
                                    cfg.data.rot90, cfg.data.lr_quantize)
@@ -399,6 +399,22 @@ class Trainer:
             _barrier(self.dist)
         return {"step": self.step, "losses": last, "skipped": len(self.skipped), "val": self.last_val,
                 "exp_dir": str(self.exp)}
+
+    def _write_config(self) -> None:
+        """Keep the resolved config; on resume, note which settings changed since the last run."""
+        import yaml
+
+        path, text = self.exp / "config.yaml", dump_config(self.cfg)
+        if self.step and path.is_file():
+            try:
+                old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                old = {}
+            new = yaml.safe_load(text)
+            changed = sorted(k for k in new if old.get(k) != new[k])
+            if changed:
+                log.warning("config changed since the previous run of %s: %s", self.exp, ", ".join(changed))
+        atomic_write_text(path, text)
 
     def _log_scalars(self, writer, values: dict[str, float], rate: float) -> None:
         text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
