@@ -268,11 +268,11 @@ class SelectiveScanParams(nn.Module):
         """x (B, L, D) in scan order, prompt (B, L, N) in *pixel* order (official quirk) -> (B, L, D) fp32."""
         x_dbl = F.linear(x, self.x_proj_weight[0])  # (B, L, R + 2N)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = F.linear(dts, self.dt_projs_weight[0])  # (B, L, D)
+        dts = torch.matmul(self.dt_projs_weight[0], dts.transpose(1, 2))  # (B, D, L), no transposing copy
         cs = cs.float() + prompt.float()
         y = selective_scan(
             x.float().transpose(1, 2).contiguous(),
-            dts.float().transpose(1, 2).contiguous(),
+            dts.float().contiguous(),
             -torch.exp(self.A_logs.float()),
             # B and C stay (B, 1, N, L) views of (B, L, N) memory: the backends pick their own layout.
             bs.float().transpose(1, 2).unsqueeze(1),
