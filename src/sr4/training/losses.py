@@ -4,7 +4,8 @@
     through-refiner mode:  L = w_l1 * L1(U(I), gt) + w_lpips * LPIPS(M(q(U(I))), gt) + w_clip * L_CLIP(M(q(U(I))))
 
 q is SNUCV's 8-bit rounding of U(I) before M, passed by a straight-through estimator so the
-gradient of M's loss reaches U (round() alone has zero gradient almost everywhere).
+gradient of M's loss reaches U (round() alone has zero gradient almost everywhere); the trainer
+uses the same `sr4.pipeline.snucv.quantize_8bit_ste` as inference.
 """
 
 from __future__ import annotations
@@ -14,11 +15,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-
-def quantize_8bit_ste(x: torch.Tensor) -> torch.Tensor:
-    """Forward: round(x * 255) / 255 (not clamped, as SNUCV). Backward: identity."""
-    return x + (torch.round(x * 255.0) / 255.0 - x).detach()
 
 
 def build_lpips(net: str = "alex", weights: str | None = None) -> nn.Module:

@@ -22,11 +22,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from sr4.pipeline.snucv import quantize_8bit_ste
 from sr4.training import checkpoint as ckpt_io
 from sr4.training.config import ConfigError, ModelConfig, OptimConfig, TrainConfig, dump_config
 from sr4.training.data import StepBatchSampler, TrainDataset, ValDataset, collate
 from sr4.training.ema import EMA
-from sr4.training.losses import SRLoss, quantize_8bit_ste
+from sr4.training.losses import SRLoss
 from sr4.utils.atomic import atomic_write_text
 from sr4.utils.device import resolve_device, resolve_dtype
 
