@@ -257,3 +257,26 @@ def test_import_compiles_nothing_and_skips_optional_packages():
         "assert not k.scan_forward.signatures and not k.scan_backward.signatures, 'compiled at import'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.skipif(not scan_numba.numba_available(), reason="numba not installed")
+def test_fast_exp_float32_accuracy_and_special_values():
+    import numpy as np
+    from numba import njit
+
+    from sr4.networks.scan_numba_kernels import fast_exp
+
+    @njit
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = fast_exp(x[i])
+
+    x = np.concatenate([np.linspace(-100, 90, 200001), [0.0, -87.0, 88.0, -np.inf, np.inf, np.nan]]).astype(np.float32)
+    out = np.empty_like(x)
+    apply(x, out)
+    expected = np.exp(x.astype(np.float64))
+    finite = np.isfinite(x) & (expected > 1e-37) & (expected < 1e38)
+    rel = np.abs(out[finite] - expected[finite]) / expected[finite]
+    assert rel.max() < 4e-7  # a few fp32 ulps
+    assert np.all(out[x < -87.0] < 2e-38) and np.all(out[x < -87.0] >= 0)
+    assert np.isinf(out[x == np.inf]).all() and out[x == -np.inf][0] == 0.0 and np.isnan(out[-1])
