@@ -142,6 +142,15 @@ def test_generator_path_is_thread_independent():
         t.join()
     for i in range(2):
         torch.testing.assert_close(results[i], expected[i], rtol=0, atol=1e-6)
+    # and independent of the intra-op thread count
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            single = model(xs[0], generator=torch.Generator().manual_seed(100))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(single, expected[0], rtol=0, atol=1e-5)
 
 
 def test_gradients_reach_routing_through_straight_through_gumbel():
