@@ -113,7 +113,7 @@ class Pipeline(ImageProcessor):
         folder = validate_model_folder(model_dir, need_upsampler=pipeline == "snucv")
         dev = resolve_device(device)
         config = RefinerConfig(latent=latent, seed=seed, latent_tile=latent_tile, latent_overlap=latent_overlap,
-                               vae_tiling=vae_tiling is True, vae_encoder_tile=vae_encoder_tile,
+                               vae_encoder_tile=vae_encoder_tile,
                                vae_decoder_tile=vae_decoder_tile)
         refiner = TSDSRRefiner.from_model_dir(folder.root, device=dev, dtype=resolve_dtype(dtype, dev),
                                               merge=merge_lora, config=config, folder=folder)
@@ -137,9 +137,10 @@ class Pipeline(ImageProcessor):
                 f"dtype={self.refiner.dtype}, seed={self.seed})")
 
     def _refine(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.vae_tiling == "auto":
-            self.refiner.config.vae_tiling = x.shape[-2] * x.shape[-1] > VAE_AUTO_TILE_PIXELS
-        return self.refiner(x, generator)
+        tiled = self.vae_tiling
+        if tiled == "auto":  # decided per call, without touching shared state (calls may run concurrently)
+            tiled = x.shape[-2] * x.shape[-1] > VAE_AUTO_TILE_PIXELS
+        return self.refiner(x, generator, vae_tiling=tiled)
 
     def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None
                     ) -> torch.Tensor:

@@ -139,22 +139,24 @@ class TSDSRRefiner(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ stages
-    def _encoder_moments(self, x: torch.Tensor) -> torch.Tensor:
+    def _encoder_moments(self, x: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
         def net(t: torch.Tensor) -> torch.Tensor:
             h = self.vae.encoder(t)
             return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
 
         cfg = self.config
-        if not cfg.vae_tiling or max(x.shape[-2:]) <= cfg.vae_encoder_tile:
+        tiled = cfg.vae_tiling if tiled is None else tiled
+        if not tiled or max(x.shape[-2:]) <= cfg.vae_encoder_tile:
             return net(x)
         f = self.vae_factor
         tiles = VAETileConfig(tile=cfg.vae_encoder_tile, halo=cfg.vae_encoder_halo, align=f, scale=1.0 / f,
                               stat_size=cfg.vae_stat_size)
         return run_vae_tiled(net, self.vae.encoder, x, tiles)
 
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, *, tiled: bool | None = None
+               ) -> torch.Tensor:
         """x in [-1,1] (model dtype) -> scaled latent z (sample or mean per config)."""
-        moments = self._encoder_moments(x)
+        moments = self._encoder_moments(x, tiled)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         if self.config.latent == "mean":
             latent = mean
@@ -190,21 +192,26 @@ class TSDSRRefiner(nn.Module):
 
         return run_latent_tiles(call, z, self.config.latent_tile, self.config.latent_overlap, max_side)
 
-    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+    def decode(self, z0: torch.Tensor, *, tiled: bool | None = None) -> torch.Tensor:
         """Scaled latent -> image in [-1, 1] (not clamped)."""
         latent = z0 / self.scaling_factor
         if self.vae.post_quant_conv is not None:
             latent = self.vae.post_quant_conv(latent)
         cfg = self.config
-        if not cfg.vae_tiling or max(latent.shape[-2:]) <= cfg.vae_decoder_tile:
+        tiled = cfg.vae_tiling if tiled is None else tiled
+        if not tiled or max(latent.shape[-2:]) <= cfg.vae_decoder_tile:
             return self.vae.decoder(latent)
         f = self.vae_factor
         tiles = VAETileConfig(tile=cfg.vae_decoder_tile, halo=cfg.vae_decoder_halo, align=1, scale=float(f),
                               stat_size=max(1, cfg.vae_stat_size // f))
         return run_vae_tiled(self.vae.decoder, self.vae.decoder, latent, tiles)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x (B,3,H,W) float in [0,1] -> refined (B,3,H,W) in [0,1], in x's dtype."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *, vae_tiling: bool | None = None
+                ) -> torch.Tensor:
+        """x (B,3,H,W) float in [0,1] -> refined (B,3,H,W) in [0,1], in x's dtype.
+
+        vae_tiling overrides config.vae_tiling for this call (None: use the config).
+        """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"refiner input must be (B,3,H,W), got {tuple(x.shape)}")
         f = self.vae_factor
@@ -214,9 +221,9 @@ class TSDSRRefiner(nn.Module):
         pixels = x.to(device=self.device, dtype=self.dtype) * 2 - 1
         if self.config.clamp_input:
             pixels = pixels.clamp(-1, 1)
-        z = self.encode(pixels, generator)
+        z = self.encode(pixels, generator, tiled=vae_tiling)
         z0 = z - self.predict_v(z)
-        image = self.decode(z0).clamp(-1, 1) * 0.5 + 0.5
+        image = self.decode(z0, tiled=vae_tiling).clamp(-1, 1) * 0.5 + 0.5
         if image.shape[-2:] != x.shape[-2:]:  # sides not multiples of 8: resize back, as SNUCV does
             image = F.interpolate(image, size=tuple(x.shape[-2:]), mode="bicubic", align_corners=False).clamp(0, 1)
         return image.to(out_dtype)
