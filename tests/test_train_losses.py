@@ -145,9 +145,15 @@ def test_refiner_terms_reach_u_through_frozen_m(assets, tmp_path, term, weights)
 def test_ste_off_still_differentiable_and_loss_terms_all_logged(assets, tmp_path):
     cfg = refiner_cfg(assets, tmp_path)
     cfg["refiner"]["quantize_ste"] = False
+    cfg["data"]["val"] = {"path": str(assets["hr"])}
+    cfg["data"]["max_val_images"] = 1
+    cfg["val_every"] = 2
     trainer = Trainer(config_from_dict(cfg))
     summary = trainer.fit()
     assert summary["step"] == 2
+    # validation scores U's output and M's refinement of it with the challenge PSNR/SSIM
+    assert set(summary["val"]) == {"sr_psnr", "sr_ssim", "refined_psnr", "refined_ssim"}
+    assert 5 < summary["val"]["refined_psnr"] < 60 and 0 < summary["val"]["sr_ssim"] <= 1
     assert {"l1", "lpips", "clip", "clip_pos", "clip_neg", "total"} <= set(summary["losses"])
     parts = summary["losses"]
     expect = parts["l1"] + 0.1 * parts["lpips"] + 0.5 * parts["clip"]

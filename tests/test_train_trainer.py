@@ -260,3 +260,15 @@ def test_old_checkpoints_are_pruned_but_latest_kept(tmp_path):
     (root / ckpt_io.LATEST).write_text("step_00000001\n")  # points at a pruned checkpoint
     with pytest.raises(ckpt_io.CheckpointError, match="incomplete or missing"):
         ckpt_io.find_checkpoint(Path(cfg.exp_dir))
+
+
+def test_arch_mismatch_with_checkpoint_is_reported(tmp_path):
+    from refiner_fixtures import write_tiny_upsampler
+
+    from sr4.training.config import ConfigError
+
+    write_tiny_upsampler(tmp_path / "classic.pth")
+    cfg = conv_cfg(tmp_path, **{"model.arch": "mambairv2_light", "model.kwargs": {},
+                                "model.checkpoint": str(tmp_path / "classic.pth")})
+    with pytest.raises(ConfigError, match="mambairv2_light but .*classic.pth holds a MambaIRv2"):
+        Trainer(config_from_dict(cfg))

@@ -100,6 +100,9 @@ def build_upsampler(m: ModelConfig) -> nn.Module:
         from sr4.networks.mambairv2_light import MambaIRv2Light
 
         model = MambaIRv2Light(**m.kwargs)
+    expected = {"mambairv2": "MambaIRv2", "mambairv2_light": "MambaIRv2Light"}.get(m.arch)
+    if expected and type(model).__name__ != expected:
+        raise ConfigError(f"model.arch={m.arch} but {m.checkpoint} holds a {type(model).__name__}")
     if int(getattr(model, "scale", m.scale)) != m.scale:
         raise ConfigError(f"model.scale={m.scale} but the upsampler is x{model.scale}")
     return model
