@@ -272,3 +272,25 @@ def test_arch_mismatch_with_checkpoint_is_reported(tmp_path):
                                 "model.checkpoint": str(tmp_path / "classic.pth")})
     with pytest.raises(ConfigError, match="mambairv2_light but .*classic.pth holds a MambaIRv2"):
         Trainer(config_from_dict(cfg))
+
+
+def test_sigterm_saves_and_stops_at_a_step_boundary(tmp_path):
+    import signal
+
+    cfg = config_from_dict(conv_cfg(tmp_path, total_steps=6))
+    trainer = Trainer(cfg)
+    real_step = trainer.train_step
+
+    def step_then_term(batch):
+        out = real_step(batch)
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler preempting the job
+        return out
+
+    trainer.train_step = step_then_term
+    before = signal.getsignal(signal.SIGTERM)
+    summary = trainer.fit()
+    assert summary["interrupted"] and summary["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+    assert ckpt_io.find_checkpoint(Path(cfg.exp_dir)).name == "step_00000002"
+    assert Trainer(cfg, resume="auto").fit()["step"] == 6

@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+    if summary.get("interrupted"):
+        if info.is_main:
+            print(f"stopped by SIGTERM at step {summary['step']}; checkpoint saved in {summary['exp_dir']}; "
+                  "continue with --resume", file=sys.stderr)
+        return 143
     if info.is_main:
         val = " ".join(f"{k}={v:.4f}" for k, v in summary["val"].items())
         print(f"trained to step {summary['step']} in {summary['exp_dir']}; skipped images: {summary['skipped']}"

@@ -362,6 +362,10 @@ class Trainer:
             if main:
                 self._write_config()
             writer = writer_factory(self.exp / "tb") if main else None
+            if writer is not None:
+                stack.callback(writer.close)
+            stop = stack.enter_context(_sigterm_flag())
+            interrupted = False
             dataset = TrainDataset(cfg.data.train, cfg.data.gt_size, cfg.model.scale, cfg.seed, cfg.data.hflip,
                                    cfg.data.rot90, cfg.data.lr_quantize)
             for path, reason in dataset.skipped.items():
@@ -393,16 +397,29 @@ class Trainer:
                     bar.set_postfix({k: f"{last[k]:.4f}" for k in ("total", "l1", "lpips", "clip") if k in last},
                                     refresh=False)
                     bar.update(1)
+                if self._any_rank(stop.is_set()):
+                    log.warning("SIGTERM received: saving step %d and stopping", self.step)
+                    interrupted = True
+                    break
             if bar is not None:
                 bar.close()
             if saved_at != self.step:
                 self.save()
             if writer is not None:
                 writer.flush()
-                writer.close()
             _barrier(self.dist)
         return {"step": self.step, "losses": last, "skipped": len(self.skipped), "val": self.last_val,
-                "exp_dir": str(self.exp)}
+                "exp_dir": str(self.exp), "interrupted": interrupted}
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when any process has the flag: all ranks must stop at the same step."""
+        if self.dist.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
 
     def _write_config(self) -> None:
         """Keep the resolved config; on resume, note which settings changed since the last run."""
@@ -447,6 +464,24 @@ def _progress_bar(start: int, total: int):
 
     # tqdm shows steps/s and the ETA; the postfix carries the current losses.
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """While training, SIGTERM (cluster preemption, `kill`) only sets a flag: the loop then saves
+    a checkpoint at the end of the current step and returns. Main thread only (signal rule)."""
+    import signal
+    import threading
+
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
