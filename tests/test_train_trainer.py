@@ -294,3 +294,30 @@ def test_sigterm_saves_and_stops_at_a_step_boundary(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before  # handler restored
     assert ckpt_io.find_checkpoint(Path(cfg.exp_dir)).name == "step_00000002"
     assert Trainer(cfg, resume="auto").fit()["step"] == 6
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_leaves_a_loadable_latest(tmp_path):
+    import time
+
+    import yaml
+
+    cfg = conv_cfg(tmp_path, total_steps=100000, save_every=1, keep_checkpoints=2, log_every=0)
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sr4", "train", str(cfg_path)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = Path(cfg["exp_dir"]) / "checkpoints" / ckpt_io.LATEST
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (latest.is_file() and latest.read_text().strip() >= "step_00000005"):
+            time.sleep(0.05)
+        time.sleep(0.137)  # land somewhere inside a later step or save
+    finally:
+        proc.kill()
+        proc.wait()
+    ckpt = ckpt_io.find_checkpoint(Path(cfg["exp_dir"]))
+    weights, ema, state = ckpt_io.load_checkpoint(ckpt)
+    assert state["step"] >= 5 and ckpt.name == f"step_{state['step']:08d}"
+    assert weights.keys() == ema.keys() and len(weights) > 0
