@@ -10,7 +10,6 @@ with batch B/N each read exactly the images a single process with batch B reads.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,23 +59,11 @@ def image_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def _fallback_bicubic(img: np.ndarray, scale: int) -> np.ndarray:
-    t = torch.from_numpy(img).permute(2, 0, 1)[None]
-    h, w = img.shape[0] // scale, img.shape[1] // scale
-    out = torch.nn.functional.interpolate(t, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
-    return out[0].permute(1, 2, 0).numpy()
-
-
 def bicubic_downscale(img: np.ndarray, scale: int) -> np.ndarray:
     """MATLAB-compatible antialiased bicubic downscale by `scale` (HWC float32 -> HWC float32)."""
-    try:
-        from sr4.image.resize import imresize
-    except ImportError:  # TEMPORARY until sr4.image.resize lands: torch antialiased bicubic (close, not exact)
-        warnings.warn("sr4.image.resize.imresize unavailable: using torch bicubic for LR images",
-                      RuntimeWarning, stacklevel=2)
-        return _fallback_bicubic(img, scale)
-    out = imresize(img, 1.0 / scale)
-    return np.ascontiguousarray(np.asarray(out, dtype=np.float32))
+    from sr4.image.resize import imresize
+
+    return np.ascontiguousarray(np.asarray(imresize(img, 1.0 / scale), dtype=np.float32))
 
 
 def make_lr(hr: np.ndarray, scale: int, quantize: bool) -> np.ndarray:
