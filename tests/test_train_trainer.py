@@ -214,7 +214,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     cfg_path.write_text(yaml.safe_dump(cfg))
     Trainer(config_from_dict(cfg)).fit()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "sr4", "train", str(cfg_path), f"exp_dir={tmp_path / 'ddp'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
