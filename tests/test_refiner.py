@@ -305,7 +305,8 @@ def test_bad_embeddings_are_named(model_dir, tmp_path):
 @torch.no_grad()
 def test_tiling_options_are_exact_when_the_image_fits_one_tile(model_dir, refiner):
     tiled = TSDSRRefiner(refiner.transformer, refiner.vae, refiner.prompt_embeds, refiner.pooled_embeds,
-                         RefinerConfig(latent_tile=6, latent_overlap=2, vae_tiling=True, vae_encoder_tile=48, vae_decoder_tile=6))
+                         RefinerConfig(latent_tile=6, latent_overlap=2, vae_tiling=True, vae_encoder_tile=48,
+                                       vae_decoder_tile=6))
     x = _image(48, 40, seed=8)  # latent 6x5: area 30 <= 36, sides <= the encoder and decoder tiles
     assert torch.equal(tiled(x, torch.Generator().manual_seed(1)), refiner(x, torch.Generator().manual_seed(1)))
     # larger than one VAE tile: runs tiled and stays in [0, 1] with the right size
@@ -318,3 +319,27 @@ def test_sides_not_multiple_of_eight_are_resized_back(refiner):
     x = _image(36, 44, seed=10)
     y = refiner(x)
     assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
+
+
+@pytest.mark.slow
+def test_lora_targets_on_the_real_sd3_medium_structure():
+    """On SD3-medium's real configuration (meta tensors, no weights) the official targets at r=64 give
+    the published LoRA sizes: 89.3M parameters for the transformer, 5.9M for the VAE (31 modules)."""
+    accelerate = pytest.importorskip("accelerate")
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    with accelerate.init_empty_weights():
+        t = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                                  num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)
+        v = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                          block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16,
+                          use_quant_conv=False, use_post_quant_conv=False)
+        assert round(sum(p.numel() for p in t.parameters()) / 1e6, 2) == 2028.33
+        inject_adapter_in_model(LoraConfig(r=64, lora_alpha=64, target_modules=list(TRANSFORMER_TARGETS)), t)
+        inject_adapter_in_model(LoraConfig(r=64, lora_alpha=64, target_modules=list(VAE_TARGETS)), v)
+    lora_t = sum(p.numel() for n, p in t.named_parameters() if ".lora_" in n)
+    lora_v = sum(p.numel() for n, p in v.named_parameters() if ".lora_" in n)
+    assert round(lora_t / 1e6, 1) == 89.3 and round(lora_v / 1e6, 1) == 5.9
+    assert sum(1 for n, _ in v.named_parameters() if ".lora_A." in n) == 31
