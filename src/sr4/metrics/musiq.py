@@ -240,6 +240,9 @@ class MUSIQ(nn.Module):
         for length in sorted(cfg.longer_side_lengths):
             ratio = length / max(h, w)
             size = (round(h * ratio), round(w * ratio))
+            if min(size) < 1:
+                too_thin = f"its {length}-px scale would be {size[0]}x{size[1]}"
+                raise ValueError(f"MUSIQ cannot score a {h}x{w} image: {too_thin}")
             views.append((F.interpolate(x, size=size, mode="bicubic", align_corners=False), -1))
         if cfg.max_seq_len_from_original_res is not None:
             views.append((x, cfg.max_seq_len_from_original_res))

@@ -12,8 +12,10 @@ import zlib
 import numpy as np
 
 # Small configurations given to pyiqa's MUSIQ (keyword arguments of its constructor). "koniq" keeps
-# the real patch size, grid and one output; "ava" changes everything the loader must infer.
+# the real patch size, grid and one output; "ava" changes everything the loader must infer; "full" is
+# the real-size network that create_metric('musiq') builds.
 CONFIGS: dict[str, dict] = {
+    "full": {},
     "koniq": dict(hidden_size=48, mlp_dim=96, num_heads=6, num_layers=2),
     "ava": dict(patch_size=16, hidden_size=32, mlp_dim=64, num_heads=4, num_layers=1, spatial_pos_grid_size=5,
                 num_class=10),
