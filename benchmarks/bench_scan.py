@@ -6,6 +6,7 @@
 Prints the best and median wall time of each backend for the forward pass and for forward+backward,
 and the ratios reference/numba (goal: forward >= 8x). Runs are interleaved (reference, numba,
 reference, ...) so that load from other processes hits both alike; the best time is the least disturbed.
+CPU time (all threads of the process) is printed too: on a loaded machine it is the steadier measure.
 The first numba call (compilation or cache load) is timed separately and not counted.
 """
 
@@ -39,23 +40,22 @@ def make_inputs(batch: int, hidden: int, d_state: int, length: int, groups: int,
     }
 
 
-def run_once(fn: Callable, inputs: dict, backward: bool, grad_out: torch.Tensor) -> float:
-    if backward:
-        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-        start = time.perf_counter()
-        fn(**leaves, delta_softplus=True).backward(grad_out)
-        return time.perf_counter() - start
-    start = time.perf_counter()
-    with torch.no_grad():
-        fn(**inputs, delta_softplus=True)
-    return time.perf_counter() - start
+def run_once(fn: Callable, inputs: dict, backward: bool, grad_out: torch.Tensor) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process) of one call."""
+    leaves = {k: v.detach().clone().requires_grad_(backward) for k, v in inputs.items()}
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with torch.set_grad_enabled(backward):
+        y = fn(**leaves, delta_softplus=True)
+        if backward:
+            y.backward(grad_out)
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def numba_scan(**kwargs) -> torch.Tensor:
     return selective_scan(**kwargs, backend="numba")
 
 
-def compare(inputs: dict, backward: bool, repeats: int) -> tuple[list[float], list[float]]:
+def compare(inputs: dict, backward: bool, repeats: int) -> tuple[list[tuple[float, float]], ...]:
     grad_out = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1))
     ref_times, numba_times = [], []
     for _ in range(repeats):
@@ -64,13 +64,15 @@ def compare(inputs: dict, backward: bool, repeats: int) -> tuple[list[float], li
     return ref_times, numba_times
 
 
-def report(label: str, ref_times: list[float], numba_times: list[float]) -> float:
-    best_ref, best_nb = min(ref_times), min(numba_times)
-    med_ref, med_nb = statistics.median(ref_times), statistics.median(numba_times)
-    print(f"{label:<18} reference best {best_ref:8.3f} s  median {med_ref:8.3f} s | "
-          f"numba best {best_nb:7.3f} s  median {med_nb:7.3f} s | "
-          f"speed-up best {best_ref / best_nb:6.1f}x  median {med_ref / med_nb:6.1f}x")
-    return best_ref / best_nb
+def report(label: str, ref_times: list[tuple[float, float]], numba_times: list[tuple[float, float]]) -> float:
+    """Print wall and CPU times; return the best-wall speed-up."""
+    for kind, i in (("wall", 0), ("CPU", 1)):
+        ref = [t[i] for t in ref_times]
+        nb = [t[i] for t in numba_times]
+        print(f"{label:<17}{kind:>5}: reference best {min(ref):8.3f} s  median {statistics.median(ref):8.3f} s | "
+              f"numba best {min(nb):7.3f} s  median {statistics.median(nb):7.3f} s | "
+              f"ratio best {min(ref) / min(nb):6.1f}x  median {statistics.median(ref) / statistics.median(nb):6.1f}x")
+    return min(t[0] for t in ref_times) / min(t[0] for t in numba_times)
 
 
 def main(argv: list[str] | None = None) -> int:

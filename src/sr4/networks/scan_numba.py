@@ -9,14 +9,16 @@ Design:
 - dB and dC are sums over the channels of a group, so each thread accumulates into its own
   (B, G, L, N) buffer and torch sums them.
 - B and C are transposed to (B, G, L, N) before the kernels so the inner loop over states is contiguous.
+- The step size dt = softplus(delta + bias) and the sigmoid of its backward are computed by torch
+  (vectorised), so the kernels only run the recurrence.
 - Arithmetic is fp32 for fp16/bf16/fp32 inputs, fp64 for fp64 inputs (used by gradcheck).
 - Work is split into contiguous channel ranges run on `torch.get_num_threads()` Python threads; the
   kernels release the GIL. No state is shared between calls, so concurrent calls are safe.
 
 numba is imported on first use and the kernels compile on their first call (then load from the on-disk
 cache), so importing sr4 never compiles anything. Every call is normalised to contiguous arrays of
-fixed rank and always passes D and delta_bias (zeros when absent), so each kernel has at most two
-compiled signatures (float32 and float64).
+fixed rank and always passes D (zeros when absent), so each kernel has at most two compiled
+signatures (float32 and float64).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sr4.networks.selective_scan import check_scan_args
 
@@ -72,20 +75,26 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _arrays(u, delta, A, B, C, D, delta_bias, dtype):
-    """Contiguous numpy views in the compute dtype; B and C transposed to (B, G, L, N)."""
-    dim = A.shape[0]
-    zeros = torch.zeros(dim, dtype=dtype)
+# torch.nn.functional.softplus's default threshold, as in mamba_ssm: above it softplus(x) is x.
+SOFTPLUS_THRESHOLD = 20.0
+
+
+def _prepare(u, delta, A, B, C, D, delta_bias, softplus, dtype):
+    """Contiguous tensors in the compute dtype (B and C as (B, G, L, N)), the step size dt and the
+    pre-activation x = delta + bias (None without softplus)."""
+    x = delta.detach().to(dtype)
+    if delta_bias is not None:
+        x = x + delta_bias.detach().to(dtype)[None, :, None]
+    dt = F.softplus(x, threshold=SOFTPLUS_THRESHOLD) if softplus else x
     tensors = (
         u.detach().to(dtype).contiguous(),
-        delta.detach().to(dtype).contiguous(),
+        dt.contiguous(),
         A.detach().to(dtype).contiguous(),
         B.detach().to(dtype).transpose(2, 3).contiguous(),
         C.detach().to(dtype).transpose(2, 3).contiguous(),
-        zeros if D is None else D.detach().to(dtype).contiguous(),
-        zeros if delta_bias is None else delta_bias.detach().to(dtype).contiguous(),
+        torch.zeros(A.shape[0], dtype=dtype) if D is None else D.detach().to(dtype).contiguous(),
     )
-    return tensors, [t.numpy() for t in tensors]
+    return tensors, (x if softplus else None)
 
 
 class SelectiveScanNumba(torch.autograd.Function):
@@ -94,53 +103,53 @@ class SelectiveScanNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u, delta, A, B, C, D, delta_bias, delta_softplus):  # type: ignore[override]
         dtype = _compute_dtype(u.dtype)
-        _keep, arrs = _arrays(u, delta, A, B, C, D, delta_bias, dtype)  # _keep owns the arrays' memory
-        y = torch.empty(u.shape, dtype=dtype)
-        kernels = _kernels()
-        y_arr = y.numpy()
         softplus = bool(delta_softplus)
+        tensors, _ = _prepare(u, delta, A, B, C, D, delta_bias, softplus, dtype)
+        arrs = [t.numpy() for t in tensors]  # views: `tensors` keeps the memory alive
+        y = torch.empty(u.shape, dtype=dtype)
+        y_arr = y.numpy()
+        kernels = _kernels()
         pairs = u.shape[0] * u.shape[1]
         parts = _num_parts(pairs, u.numel() * A.shape[1])
-        _run_split(lambda _, lo, hi: kernels.scan_forward(*arrs, softplus, y_arr, lo, hi), pairs, parts)
+        _run_split(lambda _, lo, hi: kernels.scan_forward(*arrs, y_arr, lo, hi), pairs, parts)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.delta_softplus = bool(delta_softplus)
+        ctx.delta_softplus = softplus
         return y.to(u.dtype)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
         u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
         dtype = _compute_dtype(u.dtype)
-        _keep, arrs = _arrays(u, delta, A, B, C, D, delta_bias, dtype)
+        tensors, x = _prepare(u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, dtype)
+        arrs = [t.numpy() for t in tensors]
         kernels = _kernels()
         nb, dim, length = u.shape
         groups, nstate = B.shape[1], A.shape[1]
         nblocks = _num_parts(dim, u.numel() * nstate)
         du = torch.empty(u.shape, dtype=dtype)
-        ddelta = torch.empty(u.shape, dtype=dtype)
+        ddt = torch.empty(u.shape, dtype=dtype)
         dA = torch.empty(A.shape, dtype=dtype)
         dB_parts = torch.zeros(nblocks, nb, groups, length, nstate, dtype=dtype)
         dC_parts = torch.zeros(nblocks, nb, groups, length, nstate, dtype=dtype)
         dD = torch.empty(dim, dtype=dtype)
-        dbias = torch.empty(dim, dtype=dtype)
         dy_arr = dy.detach().to(dtype).contiguous().numpy()
-        outs = [x.numpy() for x in (du, ddelta, dA)]
-        dB_arr, dC_arr, dD_arr, dbias_arr = dB_parts.numpy(), dC_parts.numpy(), dD.numpy(), dbias.numpy()
+        outs = [t.numpy() for t in (du, ddt, dA)]
+        dB_arr, dC_arr, dD_arr = dB_parts.numpy(), dC_parts.numpy(), dD.numpy()
 
         def work(part: int, lo: int, hi: int) -> None:
-            kernels.scan_backward(*arrs, ctx.delta_softplus, dy_arr, *outs, dB_arr[part], dC_arr[part],
-                                  dD_arr, dbias_arr, lo, hi)
+            kernels.scan_backward(*arrs, dy_arr, *outs, dB_arr[part], dC_arr[part], dD_arr, lo, hi)
 
         _run_split(work, dim, nblocks)
-        dB = dB_parts.sum(0).transpose(2, 3).to(B.dtype)
-        dC = dC_parts.sum(0).transpose(2, 3).to(C.dtype)
+        # Chain dt = softplus(delta + bias): softplus' = sigmoid below the threshold, 1 above.
+        ddelta = ddt if x is None else ddt * torch.where(x > SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(x))
         return (
             du.to(u.dtype),
             ddelta.to(delta.dtype),
             dA.to(A.dtype),
-            dB,
-            dC,
+            dB_parts.sum(0).transpose(2, 3).to(B.dtype),
+            dC_parts.sum(0).transpose(2, 3).to(C.dtype),
             None if D is None else dD.to(D.dtype),
-            None if delta_bias is None else dbias.to(delta_bias.dtype),
+            None if delta_bias is None else ddelta.sum((0, 2)).to(delta_bias.dtype),
             None,
         )
 
