@@ -159,6 +159,8 @@ def test_bad_input_is_rejected(koniq):
         koniq(torch.rand(1, 1, 40, 40))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         koniq(torch.rand(1, 3, 40, 40) * 2)
+    with pytest.raises(ValueError, match="non-empty"):
+        koniq(torch.rand(1, 3, 0, 40))
     with pytest.raises(ValueError, match="1x1000 image"):
         koniq(torch.rand(1, 3, 1, 1000))
 

@@ -265,10 +265,11 @@ class MUSIQ(nn.Module):
         return self.embedding(y.permute(0, 2, 3, 1).reshape(b, n, -1))  # channels last, as the TF original
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
-            raise ValueError(f"MUSIQ expects a float (B, 3, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
-        if x.numel() and (x.min() < 0 or x.max() > 1):
+        if x.ndim != 4 or x.shape[1] != 3 or x.numel() == 0 or not x.is_floating_point():
+            raise ValueError(f"MUSIQ expects a non-empty float (B, 3, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
+        if x.min() < 0 or x.max() > 1:
             raise ValueError(f"MUSIQ expects values in [0, 1], got min {float(x.min()):.4g}, max {float(x.max()):.4g}")
+        x = x.to(self.embedding.weight.dtype)
         patches, spatial, scale = self.tokens(x * 2 - 1)
         q = self.head(self.transformer_encoder(self._embed(patches), spatial, scale))
         if q.shape[1] == 1:
