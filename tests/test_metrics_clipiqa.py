@@ -181,8 +181,18 @@ def test_archive_code_is_never_run(tmp_path):
 def test_bad_input_shapes(model):
     with pytest.raises(ValueError, match="B, 3, H, W"):
         model(torch.rand(3, 64, 64))
-    with pytest.raises(ValueError, match="at least 32x32"):
-        model(torch.rand(1, 3, 16, 64))
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        model(torch.rand(1, 4, 64, 64))
+    with pytest.raises(ValueError, match="at least 31 pixels"):
+        model(torch.rand(1, 3, 30, 64))
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 31, 31)).shape == (1,)  # the smallest size the network reduces to 1x1
+
+
+def test_grey_input_counts_as_three_equal_channels(model):
+    grey = _image("coffee_96x64.png").mean(dim=1, keepdim=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(grey), model(grey.expand(-1, 3, -1, -1)), rtol=1e-6, atol=1e-7)
 
 
 def test_default_is_rn50_with_openai_names():

@@ -272,7 +272,7 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.zeros(()))
 
     def encode_image(self, x: torch.Tensor, pos_embedding: bool = False) -> torch.Tensor:
-        """(B, 3, H, W) CLIP-normalised images -> (B, embed_dim) (any H, W >= 32)."""
+        """(B, 3, H, W) CLIP-normalised images -> (B, embed_dim) (any H, W >= 31)."""
         return self.visual(x, pos_embedding)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,8 @@ PROMPT_IDS: tuple[tuple[int, ...], ...] = (
     (9307, 268, 1139, 2867), (33495, 2867),
 )
 
+# Five halvings (stride-2 stem conv, its pool, layers 2-4) must leave at least one pixel.
+MIN_SIZE = 31
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -80,7 +82,8 @@ def prompt_tokens(context_length: int | None = None) -> torch.Tensor:
 class CLIPIQA(nn.Module):
     """No-reference CLIP-IQA. ``CLIPIQA()`` is RN50-sized with zero weights; use ``from_pretrained``.
 
-    ``forward(x)``: (B, 3, H, W) in [0, 1] (H, W >= 32; not clamped, pyiqa checks the range) ->
+    ``forward(x)``: (B, 3, H, W) in [0, 1] (H, W >= 31; not clamped, pyiqa checks the range; a grey
+    (B, 1, H, W) counts as three equal channels) ->
     (B,) scores in (0, 1), higher is better. Differentiable with respect to ``x``; its own
     parameters are frozen.
     """
@@ -99,10 +102,11 @@ class CLIPIQA(nn.Module):
 
     def prompt_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 10) scaled cosine similarities of the images with the ten prompts (pyiqa's logits_per_image)."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"CLIP-IQA expects a (B, 3, H, W) tensor, got {tuple(x.shape)}")
-        if min(x.shape[2:]) < 32:
-            raise ValueError(f"CLIP-IQA needs images of at least 32x32 pixels, got {x.shape[3]}x{x.shape[2]}")
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"CLIP-IQA expects a (B, 3, H, W) or (B, 1, H, W) tensor, got {tuple(x.shape)}")
+        if min(x.shape[2:]) < MIN_SIZE:
+            raise ValueError(f"CLIP-IQA needs at least {MIN_SIZE} pixels per side, got {x.shape[3]}x{x.shape[2]}")
+        # A grey (B, 1, H, W) input broadcasts against the 3-channel mean, as it does in pyiqa.
         dtype = self.mean.dtype
         image = self.clip.encode_image((x.to(dtype) - self.mean) / self.std, self.pos_embedding)
         text = self.clip.encode_text(self.tokens)
