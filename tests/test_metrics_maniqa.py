@@ -140,6 +140,24 @@ def test_real_size_structure_matches_pyiqa():
     assert any(k.startswith("vit.blocks.9.") for k in own)
 
 
+@pytest.mark.slow
+def test_real_size_network_matches_pyiqa():
+    # The default configuration (ViT-B/8 with 12 heads read from the width, 3072-channel stage 1, ...)
+    # with recipe weights, on 2 crops instead of 20 to stay CPU-friendly. The tensors go straight to
+    # load_file (the file path itself is exercised above): the file would be ~350 MB.
+    ref = REF["real_scores"]
+    with torch.device("meta"):
+        keys = [k for k in MANIQA().state_dict() if not k.endswith((".relative_position_index", ".attn_mask"))]
+    tensors = recipe.state_dict({k: REF["real_manifest"][k] for k in keys}, {})  # buffers: computed ones
+    config = MANIQA.config_from_state_dict(tensors, test_sample=ref["test_sample"])
+    assert config == MANIQAConfig(test_sample=2)
+    model = MANIQA(config).load_file("real-size recipe", tensors)
+    del tensors
+    with torch.no_grad():
+        got = model(_image("a_232x296.png"))
+    np.testing.assert_allclose(got.numpy(), ref["a"], rtol=RTOL)
+
+
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(WeightsError, match=re.escape(str(tmp_path / "pyiqa" / "ckpt_koniq10k.pt"))):
         MANIQA.from_pretrained(tmp_path)

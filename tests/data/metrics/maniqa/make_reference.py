@@ -10,6 +10,7 @@ as keyword overrides, loading ``ckpt_koniq10k.pt`` from ``$TORCH_HOME/hub/pyiqa`
 written from recipe.py over pyiqa's own key set, its buffers as pyiqa computed them).
 
 Two small configurations (recipe.CONFIGS): "p16" (16 px patches) and "p8" (the real 8 px patches).
+Also the real-size network (timm's real ViT-B/8 structure, recipe weights) on 2 crops.
 Writes reference.json (scores, crop fingerprints, key/shape manifests, the real-size one included)
 and buffers.npz (pyiqa's window index tables and shift masks) here.
 """
@@ -43,6 +44,8 @@ _vit_kwargs: dict = {}
 
 def _fake_create(name, pretrained=False, **kw):
     assert name == "vit_base_patch8_224", name
+    if not _vit_kwargs:  # the real structure, without the ImageNet download
+        return _real_create(name, pretrained=False, **kw)
     return VisionTransformer(img_size=224, **{"patch_size": 8, **_vit_kwargs})
 
 
@@ -99,16 +102,24 @@ def main() -> None:
     out: dict = {"pyiqa": pyiqa.__version__, "timm": timm.__version__, "torch": torch.__version__}
     arrays: dict[str, np.ndarray] = {}
 
-    # Real-size key set (no weights): what the real ckpt_koniq10k.pt must hold for pyiqa's strict load.
+    # Real size: the key set the real ckpt_koniq10k.pt must hold for pyiqa's strict load, and one
+    # score with recipe weights on only 2 crops (20 would take minutes on a CPU).
     _vit_kwargs.clear()
-    _vit_kwargs.update(embed_dim=768, depth=12, num_heads=12)
     real = MANIQA(pretrained=False, train_dataset="koniq", scale=0.8)
     out["real_manifest"] = manifest(real)
     rb = buffers_of(real)
     arrays.update(real_relative_position_index=first(rb, "index"), real_attn_mask=first(rb, "mask"))
+    folder = TMP / "hub" / "pyiqa"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(recipe.state_dict(out["real_manifest"], rb), folder / "ckpt_koniq10k.pt")
     del real, rb
-
     a, b = load("a_232x296.png"), load("b_90x120.png")
+    metric = pyiqa.create_metric("maniqa", device=torch.device("cpu"), test_sample=2)
+    with torch.no_grad():
+        out["real_scores"] = {"test_sample": 2, "a": metric(a).flatten().tolist()}
+    del metric
+    (folder / "ckpt_koniq10k.pt").unlink()
+
     images = {"a": a, "b": b, "a_and_flipped": torch.cat([a, a.flip(-1)])}
     out["p16"], arr = run_config("p16", images)
     arrays.update(arr)
@@ -128,7 +139,7 @@ def main() -> None:
 
     (HERE / "reference.json").write_text(json.dumps(out, indent=1) + "\n")
     np.savez_compressed(HERE / "buffers.npz", **arrays)
-    print(json.dumps({k: out[k]["scores"] for k in ("p16", "p8")}))
+    print(json.dumps({k: out[k]["scores"] for k in ("p16", "p8")}), out["real_scores"])
 
 
 if __name__ == "__main__":
