@@ -184,6 +184,13 @@ def test_incomplete_or_wrong_files(tmp_path):
         MANIQA.from_pretrained(tmp_path)
 
 
+def test_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="does not tile"):
+        MANIQA(MANIQAConfig(embed_dim=16, vit_heads=2, vit_mlp=32, patch_size=16, window_size=4, dim_mlp=24))
+    with pytest.raises(TypeError, match="unknown MANIQA config fields: heads"):
+        MANIQA.config_from_state_dict(_checkpoint(), heads=3)
+
+
 def test_rejects_bad_input(small):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         small(torch.rand(1, 1, 230, 230))

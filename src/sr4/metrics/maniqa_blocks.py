@@ -161,6 +161,8 @@ class SwinBlock(nn.Module):
         self.resolution = resolution
         if min(resolution) <= window:  # one window covers the map: no partition, no shift
             window, shift = min(resolution), 0
+        if resolution[0] % window or resolution[1] % window:
+            raise ValueError(f"Swin window {window} does not tile the {resolution[0]}x{resolution[1]} token grid")
         self.window, self.shift = window, shift
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window, num_heads)
