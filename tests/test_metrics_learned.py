@@ -264,18 +264,13 @@ def test_availability_reporting(tmp_path, weights_dir):
     for sub, name in (("clip", "RN50.pt"), ("pyiqa", "musiq_koniq_ckpt-e95806b9.pth")):
         (tmp_path / sub).mkdir(exist_ok=True)
         (tmp_path / sub / name).write_bytes(b"placeholder")
-    hub_before = torch.hub.get_dir()
     got = build_learned(["lpips", "dists", "clipiqa", "maniqa", "musiq"], tmp_path, torch.device("cpu"))
     assert got.functions == {}
     assert LPIPS_ALEX.name in got.unavailable["lpips"] and DISTS_W.name in got.unavailable["dists"]
     assert "ckpt_koniq10k.pt" in got.unavailable["maniqa"]
-    try:
-        import pyiqa  # noqa: F401
-    except ImportError:
-        # Files present but no pyiqa: the reason says so, and torch's hub dir was left alone.
-        assert "pyiqa is not installed" in got.unavailable["clipiqa"]
-        assert "pyiqa is not installed" in got.unavailable["musiq"]
-        assert torch.hub.get_dir() == hub_before
+    # Files present but not weights: the reason names the file that could not be read.
+    assert "RN50.pt" in got.unavailable["clipiqa"]
+    assert "musiq_koniq_ckpt-e95806b9.pth" in got.unavailable["musiq"]
     ok = build_learned(["lpips", "dists"], weights_dir, torch.device("cpu"))
     assert set(ok.functions) == {"lpips", "dists"} and ok.unavailable == {}
     x = torch.rand(1, 3, 40, 40)

@@ -4,7 +4,8 @@
 - ``niqe``: NIQE with pyiqa 0.1.13 semantics and the pristine model as package data.
 - ``lpips`` / ``dists``: LPIPS-Alex v0.1 and DISTS as differentiable modules (``LPIPS``, ``DISTS``)
   reading pyiqa's and torchvision's weight files from local folders (``weights``).
-- ``learned``: which learned metrics can run here (CLIP-IQA, MANIQA, MUSIQ through optional pyiqa).
+- ``clipiqa`` / ``maniqa`` / ``musiq``: the no-reference metrics, native, reading pyiqa's weight files.
+- ``learned``: which learned metrics can run here, and why the others cannot.
 - ``score``: the challenge score from the six averages.
 - ``evaluate`` / ``report``: folder pairing, per-image scoring, CSV / JSON / HTML output (``sr4 eval``).
 

@@ -1,11 +1,9 @@
 """The learned metrics of the challenge, built only from local weight files.
 
-LPIPS and DISTS are sr4's own modules (``sr4.metrics.lpips`` / ``sr4.metrics.dists``).
-CLIP-IQA, MANIQA and MUSIQ run through pyiqa (optional, PolyForm-Noncommercial, needs
-torchvision) when it is importable and their files are present; pyiqa is pointed at the same
-weights root and Hugging Face is put offline first, so nothing is downloaded. A metric that
-cannot be built is reported unavailable with the reason (usually the missing file's path); the
-other metrics still run.
+All five are sr4's own modules with pyiqa v0.1.13 semantics, reading pyiqa's (and torchvision's /
+OpenAI CLIP's) weight files unchanged: LPIPS and DISTS (full reference), CLIP-IQA, MANIQA and MUSIQ
+(no reference). pyiqa itself is not needed. A metric that cannot be built is reported unavailable
+with the reason (usually the missing file's path); the other metrics still run.
 """
 
 from __future__ import annotations
@@ -13,22 +11,24 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 
 import torch
 
-from sr4.metrics.weights import (
-    MANIQA_TIMM_REPO,
-    METRIC_FILES,
-    WeightsError,
-    hf_cache_dir,
-    resolve_root,
-    timm_backbone_present,
-)
+from sr4.metrics.weights import METRIC_FILES, WeightsError, resolve_root
 
+# metric -> (module, class); each class has from_pretrained(root, device=...) and a VERSION in its module.
+_MODULES = {
+    "lpips": ("sr4.metrics.lpips", "LPIPS"),
+    "dists": ("sr4.metrics.dists", "DISTS"),
+    "clipiqa": ("sr4.metrics.clipiqa", "CLIPIQA"),
+    "maniqa": ("sr4.metrics.maniqa", "MANIQA"),
+    "musiq": ("sr4.metrics.musiq", "MUSIQ"),
+}
 FULL_REFERENCE = ("lpips", "dists")
-PYIQA_NO_REFERENCE = ("clipiqa", "maniqa", "musiq")
-LEARNED = FULL_REFERENCE + PYIQA_NO_REFERENCE
+NO_REFERENCE = ("clipiqa", "maniqa", "musiq")
+LEARNED = FULL_REFERENCE + NO_REFERENCE
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,8 @@ class FileStatus:
 def weight_status(weights_dir: str | os.PathLike | None = None) -> list[FileStatus]:
     """Every file each learned metric needs, where it is looked for and whether it is there."""
     root = resolve_root(weights_dir)
-    rows = []
-    for metric, files in METRIC_FILES.items():
-        for wf in files:
-            rows.append(FileStatus(metric, wf.name, wf.purpose, tuple(wf.candidates(root)), wf.find(root), wf.note))
-    timm_dir = hf_cache_dir() / ("models--" + MANIQA_TIMM_REPO.replace("/", "--"))
-    rows.append(FileStatus("maniqa", MANIQA_TIMM_REPO, "timm ViT-B/8 backbone that MANIQA builds before loading",
-                           (timm_dir,), timm_dir if timm_backbone_present() else None,
-                           "Hugging Face cache (HF_HOME / HF_HUB_CACHE)"))
-    return rows
+    return [FileStatus(metric, wf.name, wf.purpose, tuple(wf.candidates(root)), wf.find(root), wf.note)
+            for metric, files in METRIC_FILES.items() for wf in files]
 
 
 def format_weight_status(rows: list[FileStatus]) -> str:
@@ -78,52 +71,18 @@ class LearnedMetrics:
     versions: dict[str, str] = field(default_factory=dict)
 
 
-def _native(name: str, root: Path, device: torch.device) -> tuple[MetricFn, str]:
-    if name == "lpips":
-        from sr4.metrics.lpips import LPIPS, VERSION
-
-        model = LPIPS.from_pretrained(root).to(device)
-    else:
-        from sr4.metrics.dists import DISTS, VERSION
-
-        model = DISTS.from_pretrained(root).to(device)
+def _build(name: str, root: Path, device: torch.device) -> tuple[MetricFn, str]:
+    module_name, class_name = _MODULES[name]
+    module = import_module(module_name)
+    model = getattr(module, class_name).from_pretrained(root).to(device)
+    full_reference = name in FULL_REFERENCE
 
     @torch.no_grad()
     def fn(sr: torch.Tensor, hr: torch.Tensor | None) -> float:
-        return float(model(sr.to(device), hr.to(device))[0])
+        out = model(sr.to(device), hr.to(device)) if full_reference else model(sr.to(device))
+        return float(out.flatten()[0])
 
-    return fn, VERSION
-
-
-def _pyiqa(name: str, root: Path, device: torch.device) -> tuple[MetricFn, str]:
-    missing = [f"{wf.candidates(root)[0]}" for wf in METRIC_FILES[name] if wf.find(root) is None]
-    if name == "maniqa" and not timm_backbone_present():
-        missing.append(f"{hf_cache_dir()}/models--{MANIQA_TIMM_REPO.replace('/', '--')}")
-    if missing:
-        raise WeightsError("missing " + ", ".join(missing))
-    import importlib.util
-
-    if importlib.util.find_spec("pyiqa") is None:
-        raise WeightsError("pyiqa is not installed (optional extra sr4[iqa], noncommercial, needs torchvision)")
-    # pyiqa caches under torch.hub's dir (read when pyiqa is imported) and timm asks Hugging Face:
-    # point both at the local files before the import. This changes process-wide settings, which
-    # is why it only happens when pyiqa will really be used.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.hub.set_dir(str(root))
-    try:
-        import pyiqa
-    except ImportError as exc:
-        raise WeightsError(f"pyiqa could not be imported: {exc}") from None
-    try:
-        model = pyiqa.create_metric(name, device=device)
-    except Exception as exc:  # pyiqa raises many kinds; report rather than stop the evaluation
-        raise WeightsError(f"pyiqa could not build {name}: {type(exc).__name__}: {exc}") from None
-
-    @torch.no_grad()
-    def fn(sr: torch.Tensor, hr: torch.Tensor | None) -> float:
-        return float(model(sr.to(device)).flatten()[0])
-
-    return fn, f"pyiqa {getattr(pyiqa, '__version__', '?')} {name}"
+    return fn, module.VERSION
 
 
 def build_learned(
@@ -136,7 +95,7 @@ def build_learned(
         if name not in LEARNED:
             raise ValueError(f"unknown learned metric {name!r}; choose from {', '.join(LEARNED)}")
         try:
-            fn, version = (_native if name in FULL_REFERENCE else _pyiqa)(name, root, device)
+            fn, version = _build(name, root, device)
         except WeightsError as exc:
             out.unavailable[name] = str(exc)
             continue

@@ -59,7 +59,7 @@ VGG16 = WeightFile(
     "vgg16-397923af.pth", "checkpoints", "VGG16 ImageNet backbone (torchvision)",
     "not needed when the DISTS file already holds stage*.* keys",
 )
-CLIP_RN50 = WeightFile("RN50.pt", "clip", "OpenAI CLIP RN50 (CLIP-IQA via pyiqa)")
+CLIP_RN50 = WeightFile("RN50.pt", "clip", "OpenAI CLIP RN50 (CLIP-IQA)")
 MUSIQ_KONIQ = WeightFile("musiq_koniq_ckpt-e95806b9.pth", "pyiqa", "MUSIQ KonIQ checkpoint (pyiqa)")
 MANIQA_KONIQ = WeightFile("ckpt_koniq10k.pt", "pyiqa", "MANIQA KonIQ checkpoint (pyiqa)")
 
@@ -70,23 +70,6 @@ METRIC_FILES: dict[str, tuple[WeightFile, ...]] = {
     "maniqa": (MANIQA_KONIQ,),
     "musiq": (MUSIQ_KONIQ,),
 }
-# MANIQA also builds timm's vit_base_patch8_224 with pretrained=True before loading its checkpoint
-# over it, so timm must find that backbone in the Hugging Face cache.
-MANIQA_TIMM_REPO = "timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"
-
-
-def hf_cache_dir() -> Path:
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
-    )
-    return Path(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"))
-
-
-def timm_backbone_present() -> bool:
-    folder = hf_cache_dir() / ("models--" + MANIQA_TIMM_REPO.replace("/", "--"))
-    return folder.is_dir() and (any(folder.glob("snapshots/*/*.safetensors")) or any(folder.glob("snapshots/*/*.bin")))
-
-
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a .pth/.pt/.safetensors state dict safely (no pickled code), unwrapping common nesting."""
     path = Path(path)
