@@ -6,6 +6,10 @@ The LoRA keys are built here from the base model's module names and the official
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -111,3 +115,11 @@ def tiny_upsampler(seed: int = 0) -> nn.Module:
 def write_tiny_upsampler(path: Path, seed: int = 0) -> None:
     net = tiny_upsampler(seed)
     torch.save({"params": net.state_dict()}, path)
+
+
+@functools.cache
+def shared_tiny_model_folder() -> Path:
+    """One read-only tiny SNUCV folder per test process (writing it takes seconds); copy it to modify it."""
+    root = Path(tempfile.mkdtemp(prefix="sr4_tiny_snucv_"))
+    atexit.register(shutil.rmtree, root, True)
+    return write_tiny_model_folder(root / "model")

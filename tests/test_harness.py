@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from refiner_fixtures import write_tiny_model_folder
+from refiner_fixtures import shared_tiny_model_folder
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -17,7 +17,7 @@ from sr4.pipeline.snucv import Pipeline  # noqa: E402
 
 
 def test_harness_writes_every_image_under_its_name(tmp_path):
-    model_dir = write_tiny_model_folder(tmp_path / "models" / "team_sr4")
+    model_dir = shared_tiny_model_folder()
     lr_dir = tmp_path / "LR"
     lr_dir.mkdir()
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from refiner_fixtures import write_tiny_model_folder
+from refiner_fixtures import shared_tiny_model_folder
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -22,7 +22,7 @@ from sr4.refiner.tsdsr import RefinerConfig, TSDSRRefiner  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return write_tiny_model_folder(tmp_path_factory.mktemp("snucv"))
+    return shared_tiny_model_folder()
 
 
 @pytest.fixture(scope="module")

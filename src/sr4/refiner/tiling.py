@@ -181,7 +181,10 @@ def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Modul
     long side), the halo covers the net's receptive field and the net has no global attention.
     """
     h, w = x.shape[-2:]
-    core = max(cfg.align, (cfg.tile - 2 * cfg.halo) // cfg.align * cfg.align)
+    core = (cfg.tile - 2 * cfg.halo) // cfg.align * cfg.align
+    if core < cfg.align:
+        raise ValueError(f"VAE tile {cfg.tile} leaves no core after a halo of {cfg.halo} on each side; "
+                         f"use a tile of at least {2 * cfg.halo + cfg.align}")
     rows = plan_spans(h, core, cfg.halo, cfg.align)
     cols = plan_spans(w, core, cfg.halo, cfg.align)
     stats = _GroupNormStats(modules)
