@@ -94,14 +94,16 @@ class Pipeline(ImageProcessor):
                        color_fix: str | None = None, device: str | torch.device | None = "auto",
                        dtype: str | torch.dtype | None = "auto", seed: int = 0, *, merge_lora: bool = False,
                        latent_tile: int = 64, latent_overlap: int = 8, vae_tiling: bool | str = "auto",
-                       vae_encoder_tile: int = 1024, vae_decoder_tile: int = 224,
+                       vae_encoder_tile: int = 1024, vae_decoder_tile: int = 224, vae_encoder_halo: int = 32,
+                       vae_decoder_halo: int = 11, vae_stat_size: int = 512,
                        upsampler_tile: int | str | None = "auto", upsampler_tile_overlap: int = 16,
                        upsampler_dtype: str | torch.dtype | None = "fp32", process_size: int = 512) -> Pipeline:
         """Load a SNUCV / TSD-SR model folder (SPEC §4). Every missing file is reported in one error.
 
         dtype applies to M (auto: fp16 on CUDA, fp32 on CPU); U runs in `upsampler_dtype` (fp32 as
         SNUCV). Tile options: latent tiles for the transformer (latents), VAE tiles (encoder in
-        pixels, decoder in latents; "auto" tiles only outputs above 2048x2048), and U's LR tiles.
+        pixels, decoder in latents, each with a halo of context; "auto" tiles only outputs above
+        2048x2048; GroupNorm statistics come from a copy downscaled to vae_stat_size px), and U's LR tiles.
         process_size: tsdsr only, the smallest short side M works at (TSD-SR: 512).
         """
         from sr4.refiner.folder import validate_model_folder
@@ -113,8 +115,9 @@ class Pipeline(ImageProcessor):
         folder = validate_model_folder(model_dir, need_upsampler=pipeline == "snucv")
         dev = resolve_device(device)
         config = RefinerConfig(latent=latent, seed=seed, latent_tile=latent_tile, latent_overlap=latent_overlap,
-                               vae_encoder_tile=vae_encoder_tile,
-                               vae_decoder_tile=vae_decoder_tile)
+                               vae_encoder_tile=vae_encoder_tile, vae_decoder_tile=vae_decoder_tile,
+                               vae_encoder_halo=vae_encoder_halo, vae_decoder_halo=vae_decoder_halo,
+                               vae_stat_size=vae_stat_size)
         refiner = TSDSRRefiner.from_model_dir(folder.root, device=dev, dtype=resolve_dtype(dtype, dev),
                                               merge=merge_lora, config=config, folder=folder)
         upsampler = None
