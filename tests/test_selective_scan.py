@@ -280,3 +280,12 @@ def test_fast_exp_float32_accuracy_and_special_values():
     assert rel.max() < 4e-7  # a few fp32 ulps
     assert np.all(out[x < -87.0] < 2e-38) and np.all(out[x < -87.0] >= 0)
     assert np.isinf(out[x == np.inf]).all() and out[x == -np.inf][0] == 0.0 and np.isnan(out[-1])
+
+
+@pytest.mark.parametrize("backend", ["reference", *[b for b in FAST_BACKENDS if not b.startswith("cuda")]])
+def test_empty_sequence(backend):
+    x = make_inputs(2, 4, 3, 0)
+    y = selective_scan(**x, delta_softplus=True, backend=backend)
+    assert y.shape == (2, 4, 0)
+    y.sum().backward()
+    assert x["A"].grad is None or torch.count_nonzero(x["A"].grad) == 0

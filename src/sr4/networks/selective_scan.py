@@ -111,7 +111,7 @@ def selective_scan_reference(
     for decay_t, drive_t, c_t in zip(decay.unbind(2), drive.unbind(2), C.unbind(2)):
         h = decay_t * h + drive_t
         ys.append((h * c_t).sum(-1))
-    y = torch.stack(ys, dim=-1)
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(u.shape)
     if D is not None:
         y = y + u * D.to(work)[None, :, None]
     return y.to(dtype_in)
