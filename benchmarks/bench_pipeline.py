@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage, rows in results.items():
         lo, hi = rows[0], rows[-1]
         size_ratio = hi["mp"] / lo["mp"]
-        work_ratio = hi["work_mb"] / lo["work_mb"] if lo["work_mb"] > 1 else float("nan")
+        work_ratio = hi["work_mb"] / lo["work_mb"] if lo["work_mb"] > 0.05 else float("nan")
         print(f"  {stage:4} size x{size_ratio:.1f}: seconds/MP x{hi['s_per_mp'] / lo['s_per_mp']:.2f}, "
               f"peak MB x{hi['peak_mb'] / max(lo['peak_mb'], 1e-9):.2f}, working MB x{work_ratio:.2f}")
     return 0
