@@ -164,7 +164,8 @@ class TSDSRRefiner(nn.Module):
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
             if generator is None:
                 generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
-            # Noise is drawn in fp32 on the generator's device so CPU and CUDA runs share a seed's draw.
+            # fp32 noise on the generator's own device (a generator only fills tensors on its device);
+            # the same draw whatever the model dtype.
             noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=torch.float32)
             latent = mean + std * noise.to(device=mean.device, dtype=mean.dtype)
         return latent * self.scaling_factor
