@@ -13,8 +13,9 @@ Backends (`selective_scan(..., backend=...)`):
 - 'reference': `selective_scan_reference`, a plain PyTorch step loop; the ground truth for the others.
 - 'numba': CPU kernels with forward and backward (`scan_numba`).
 - 'cuda': mamba_ssm's CUDA kernel (`scan_cuda`), used only when mamba_ssm imports.
-- 'auto': 'cuda' for CUDA tensors when mamba_ssm imports, else the reference loop with a one-time
-  warning; 'numba' for CPU tensors when numba imports, else the reference.
+- 'chunked': a PyTorch scan over chunks of steps (`scan_cuda.selective_scan_chunked`), any device.
+- 'auto': 'cuda' for CUDA tensors when mamba_ssm imports, else 'chunked' with a one-time warning;
+  'numba' for CPU tensors when numba imports, else the reference.
 Dispatch keeps no state besides cached imports, so concurrent calls from several threads are safe.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "reference", "numba", "cuda")
+BACKENDS = ("auto", "reference", "numba", "cuda", "chunked")
 
 
 def _groups_4d(x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     from sr4.networks import scan_cuda, scan_numba
 
     device = torch.device(device)
-    names = ["reference"]
+    names = ["reference", "chunked"]
     if device.type == "cpu" and scan_numba.numba_available():
         names.append("numba")
     if device.type == "cuda" and scan_cuda.mamba_ssm_available():
@@ -141,7 +142,7 @@ def selective_scan(
     delta_softplus: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Dispatch to an implementation: 'auto', 'reference', 'numba' (CPU) or 'cuda' (mamba_ssm).
+    """Dispatch to an implementation: 'auto', 'reference', 'numba' (CPU), 'cuda' (mamba_ssm) or 'chunked'.
 
     An explicitly named backend that cannot run on these tensors raises RuntimeError; an unknown name
     raises ValueError.
@@ -173,4 +174,7 @@ def selective_scan(
         return scan_cuda.selective_scan_mamba(*args)
     if backend == "cuda-fallback":
         scan_cuda.warn_no_mamba_ssm()
+        backend = "chunked"
+    if backend == "chunked":
+        return scan_cuda.selective_scan_chunked(*args)
     return selective_scan_reference(*args)
