@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -34,8 +35,9 @@ import torch.nn.functional as F
 from sr4.networks.selective_scan import check_scan_args
 
 
+@lru_cache(maxsize=1)
 def numba_available() -> bool:
-    """True when numba can be imported (checked without compiling anything)."""
+    """True when numba can be imported (checked once, without compiling anything)."""
     try:
         import numba  # noqa: F401
     except ImportError:
@@ -50,13 +52,15 @@ def _kernels() -> ModuleType:
 
 
 def _run_split(fn: Callable[[int, int, int], None], total: int, parts: int) -> None:
-    """Call fn(part, lo, hi) on `parts` contiguous ranges of range(total), one thread each."""
+    """Call fn(part, lo, hi) on `parts` contiguous ranges of range(total): part 0 in the calling thread,
+    the others on worker threads (the kernels release the GIL)."""
     bounds = [total * i // parts for i in range(parts + 1)]
     if parts == 1:
         fn(0, 0, total)
         return
-    with ThreadPoolExecutor(max_workers=parts) as pool:
-        futures = [pool.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(parts)]
+    with ThreadPoolExecutor(max_workers=parts - 1) as pool:
+        futures = [pool.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        fn(0, bounds[0], bounds[1])
         for future in futures:
             future.result()  # re-raises a kernel error in the caller
 
