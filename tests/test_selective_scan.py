@@ -302,3 +302,20 @@ def test_chunked_scan_carries_state_across_chunks(chunk, groups):
     y_ref.sum().backward()
     for name, tensor in x.items():
         torch.testing.assert_close(tensor.grad, ref_inputs[name].grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.skipif(not scan_numba.numba_available(), reason="numba not installed")
+def test_numba_compiles_one_signature_per_float_width():
+    from sr4.networks import scan_numba_kernels as kernels
+
+    variants = [
+        make_inputs(1, 4, 3, 7, groups=1),
+        make_inputs(2, 6, 3, 5, groups=3, with_d=False, with_bias=False),
+        {k: v.detach().to(torch.bfloat16).requires_grad_() for k, v in make_inputs(1, 4, 3, 7).items()},
+        dict(make_inputs(1, 4, 3, 7), B=torch.randn(1, 3, 7)),  # 3-D B
+        dict(make_inputs(1, 4, 3, 7), C=torch.randn(1, 1, 7, 3).transpose(2, 3)),  # non-contiguous C
+    ]
+    for x in variants:
+        selective_scan(**x, delta_softplus=True, backend="numba").float().sum().backward()
+    for kernel in (kernels.scan_forward, kernels.scan_backward):
+        assert len(kernel.signatures) <= 2, kernel.signatures  # float32, and float64 if gradcheck ran
