@@ -4,7 +4,8 @@
   once per process (cached) and never raises. Nothing imports mamba_ssm unless CUDA tensors are scanned,
   so CPU-only installations never touch it.
 - `selective_scan_mamba` calls `selective_scan_fn` with the dtypes its kernel accepts: A, D and
-  delta_bias in fp32, B and C in u's dtype. Its backward is mamba_ssm's own.
+  delta_bias in fp32, delta, B and C in u's dtype. Its backward is mamba_ssm's own. (Not run in this
+  project's CI, which has no GPU; the arguments follow mamba_ssm's `selective_scan_fn` signature.)
 - Without mamba_ssm, `selective_scan(..., backend="auto")` on CUDA tensors runs `selective_scan_chunked`
   after `warn_no_mamba_ssm()` has warned once: plain PyTorch on any device, in chunks of T steps with
   one batched step per chunk instead of one kernel launch per step (the reference loop). It costs
@@ -72,10 +73,10 @@ def selective_scan_mamba(
         raise RuntimeError(f"selective_scan backend 'cuda' needs mamba_ssm ({reason})")
     if u.device.type != "cuda":
         raise RuntimeError(f"selective_scan backend 'cuda' needs CUDA tensors, got tensors on {u.device}")
-    # The kernel wants fp32 weights and B/C in the input dtype.
+    # The kernel wants fp32 weights and delta/B/C in the input dtype.
     return fn(
         u,
-        delta,
+        delta.to(u.dtype),
         A.float(),
         B.to(u.dtype),
         C.to(u.dtype),
