@@ -12,6 +12,7 @@ The forward maths reproduces the official code, including its quirks (see SPEC Â
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -229,22 +230,50 @@ class WindowAttention(nn.Module):
 # ----------------------------------------------------------------------------- state space
 
 
-def gumbel_hard_route(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.cache
+def _cpu_exponential_is_log1p_of_rand() -> bool:
+    """Whether this torch's CPU ``exponential_`` draws each value as -log1p(-u) from one fp64 ``rand`` value,
+    so the same numbers (and generator state) come from the vectorised ``rand`` + ``log1p`` (~1.5x faster).
+    Checked once per process on a private generator, so a torch that changes its sampler stays exact."""
+    gen = torch.Generator()
+    for dtype in (torch.float32, torch.float64):
+        expected = torch.empty(1000, dtype=dtype).exponential_(generator=gen.manual_seed(7))
+        state = gen.get_state()
+        u = torch.rand(1000, dtype=torch.float64, generator=gen.manual_seed(7))
+        if not (torch.equal(u.neg_().log1p_().neg_().to(dtype), expected) and torch.equal(gen.get_state(), state)):
+            return False
+    return True
+
+
+def exponential_noise(shape: torch.Size, dtype: torch.dtype, device: torch.device,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """``torch.empty(shape, dtype, device).exponential_(generator=generator)``: the same values, drawn from the
+    same generator (the global one of ``device`` when None), consuming it identically."""
+    if device.type == "cpu" and dtype in (torch.float32, torch.float64) and _cpu_exponential_is_log1p_of_rand():
+        u = torch.rand(shape, dtype=torch.float64, generator=generator)
+        return u.neg_().log1p_().neg_().to(dtype)
+    return torch.empty(shape, dtype=dtype, device=device).exponential_(generator=generator)
+
+
+def gumbel_hard_route(logits: torch.Tensor, generator: torch.Generator | None,
+                      with_policy: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Hard Gumbel-softmax over the last dim with a straight-through gradient.
 
     Same operations, in the same order, as ``F.gumbel_softmax(logits, hard=True)`` (so the global RNG
     is consumed identically), but the noise may come from ``generator`` (on any device) and the chosen
-    index is returned too. Returns (one-hot policy (.., T), index (.., 1)).
+    index is returned too. Returns (one-hot policy (.., T), index (.., 1)); the policy is None when
+    ``with_policy`` is False (inference needs only the index: the forward value of the policy is one-hot).
     """
     if generator is not None and generator.device != logits.device:
         # e.g. a CPU generator driving a CUDA model: draw where the generator lives (fp32), then move.
-        noise = torch.empty(logits.shape, device=generator.device).exponential_(generator=generator)
+        noise = exponential_noise(logits.shape, torch.float32, generator.device, generator)
         noise = noise.to(device=logits.device, dtype=logits.dtype)
     else:
-        noise = torch.empty_like(logits, memory_format=torch.legacy_contiguous_format)
-        noise.exponential_(generator=generator)
+        noise = exponential_noise(logits.shape, logits.dtype, logits.device, generator)
     y_soft = (logits - noise.log()).softmax(-1)
     index = y_soft.max(-1, keepdim=True)[1]
+    if not with_policy:
+        return None, index
     y_hard = torch.zeros_like(logits, memory_format=torch.legacy_contiguous_format).scatter_(-1, index, 1.0)
     return y_hard - y_soft.detach() + y_soft, index
 
@@ -330,8 +359,15 @@ class ASSM(nn.Module):
         b, n, c = x.shape
         h, w = x_size
         full_embedding = self.embeddingB.weight @ token_weight  # (T, N)
-        policy, index = gumbel_hard_route(self.route(x), generator)
-        prompt = torch.matmul(policy, full_embedding)  # (B, n, N), pixel order
+        logits = self.route(x)
+        # Without gradients the straight-through policy is one-hot (to within rounding), so the prompt is a row
+        # lookup instead of a (n, T) x (T, N) product.
+        need_grad = torch.is_grad_enabled() and (logits.requires_grad or full_embedding.requires_grad)
+        policy, index = gumbel_hard_route(logits, generator, with_policy=need_grad)
+        if policy is not None:
+            prompt = torch.matmul(policy, full_embedding)  # (B, n, N), pixel order
+        else:
+            prompt = F.embedding(index.squeeze(-1), full_embedding)
         order = torch.sort(index.view(b, n), dim=-1, stable=False)[1]
         # Row indices into the (B*n, .) flattened sequence; the inverse permutation undoes the sort.
         offsets = (torch.arange(b, device=x.device) * n).unsqueeze(1)
