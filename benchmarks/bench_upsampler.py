@@ -15,8 +15,9 @@ stand-ins, and `einops` is used when installed, else a stand-in for the one patt
 needs. The official model gets sr4's weights, and both run with the same seed, so the outputs
 must agree (the maximum difference is printed).
 
-Runs are interleaved (baseline, sr4, baseline, ...); the best time of each is compared. A second
-sr4 pass times the scan calls alone to show how much of the network time is the scan.
+Runs are interleaved (baseline, sr4, baseline, ...); the best time of each is compared. The scan backend
+is chosen through the model's `scan_backend` argument/attribute. One more sr4 pass under torch.profiler
+times the scan calls alone (the `sr4::selective_scan` ranges) to show how much of the network time is the scan.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ import os
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -112,47 +112,6 @@ def load_official_class(clone: Path, scan: Callable[..., torch.Tensor]) -> type[
     return module.MambaIRv2
 
 
-# ------------------------------------------------------------------------------ sr4 scan interception
-
-
-@contextmanager
-def wrapped_sr4_scan(make_wrapper: Callable[[Callable], Callable]) -> Iterator[None]:
-    """Replace the `selective_scan` name in every loaded sr4 module that imported the dispatcher."""
-    from sr4.networks import selective_scan as dispatcher_module
-
-    original = dispatcher_module.selective_scan
-    wrapper = make_wrapper(original)
-    users = [m for n, m in list(sys.modules.items())
-             if n.startswith("sr4.") and m is not dispatcher_module and getattr(m, "selective_scan", None) is original]
-    if not users:
-        raise RuntimeError("no sr4 module refers to selective_scan by that name: cannot intercept the scan")
-    for module in users:
-        module.selective_scan = wrapper
-    try:
-        yield
-    finally:
-        for module in users:
-            module.selective_scan = original
-
-
-def scan_wrapper(backend: str | None = None, total: list[float] | None = None) -> Callable[[Callable], Callable]:
-    """Wrapper factory: force `backend` (when given) and add each call's wall time to total[0] (when given)."""
-
-    def make(original: Callable) -> Callable:
-        def scan(*args, **kwargs):
-            if backend is not None:
-                kwargs["backend"] = backend
-            start = time.perf_counter()
-            out = original(*args, **kwargs)
-            if total is not None:
-                total[0] += time.perf_counter() - start
-            return out
-
-        return scan
-
-    return make
-
-
 # ------------------------------------------------------------------------------ benchmark
 
 
@@ -181,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     from sr4.networks.selective_scan import selective_scan_reference
 
     torch.manual_seed(args.seed)
-    sr4_model = MambaIRv2(**CLASSIC_S_X4).eval()
+    sr4_model = MambaIRv2(**CLASSIC_S_X4, scan_backend="auto").eval()
     if args.official is not None:
         official_cls = load_official_class(args.official, selective_scan_reference)
-        baseline = official_cls(**CLASSIC_S_X4).eval()
+        baseline = official_cls(**CLASSIC_S_X4).eval()  # the official code: no scan_backend argument
         baseline.load_state_dict(sr4_model.state_dict(), strict=True)
         baseline_name = f"official MambaIRv2 ({args.official}) with the PyTorch reference scan"
 
@@ -195,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                          "(pass --official PATH to compare against it)")
 
         def run_baseline(x: torch.Tensor) -> tuple[float, float, torch.Tensor]:
-            with wrapped_sr4_scan(scan_wrapper(backend="reference")):
+            sr4_model.scan_backend = "reference"
+            try:
                 return timed(sr4_model, x, args.seed)
+            finally:
+                sr4_model.scan_backend = "auto"
 
     print(f"classic-S x4, input 1x3x{args.size}x{args.size}; {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
@@ -223,17 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     diff = (y_base - y_sr4).abs().max().item()
     print(f"outputs {tuple(y_sr4.shape)}, max |sr4 - baseline| = {diff:.2e}")
 
-    scan_time = [0.0]
-    with wrapped_sr4_scan(scan_wrapper(total=scan_time)):
-        t_total, _, _ = timed(sr4_model, x, args.seed)
-    print(f"sr4 breakdown (one more run): total {t_total:.2f} s, selective scan {scan_time[0]:.2f} s "
-          f"({100 * scan_time[0] / t_total:.0f}%), rest {t_total - scan_time[0]:.2f} s")
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            timed(sr4_model, x, args.seed)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    from sr4.networks.blocks import SCAN_PROFILE_NAME
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t_total, c_total, _ = timed(sr4_model, x, args.seed)
+    events = prof.key_averages()
+    scan_s = sum(e.cpu_time_total for e in events if e.key == SCAN_PROFILE_NAME) / 1e6
+    print(f"sr4 breakdown (one more run, under torch.profiler): total {t_total:.2f} s wall / {c_total:.2f} s CPU, "
+          f"selective scan calls {scan_s:.2f} s ({100 * scan_s / t_total:.0f}% of wall), rest {t_total - scan_s:.2f} s")
+    if args.profile:
+        print(events.table(sort_by="self_cpu_time_total", row_limit=20))
 
     ratio = min(base_times) / min(sr4_times)
     cpu_ratio = min(base_cpu) / min(sr4_cpu)

@@ -21,11 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sr4.networks.selective_scan import selective_scan
+from sr4.networks.selective_scan import BACKENDS, selective_scan
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
 RESI_CONNECTIONS = ("1conv", "3conv")
+SCAN_PROFILE_NAME = "sr4::selective_scan"
 
 
 @dataclass
@@ -291,6 +292,7 @@ class SelectiveScanParams(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(1, d_model))
         self.A_logs = nn.Parameter(torch.empty(d_model, d_state))
         self.Ds = nn.Parameter(torch.empty(d_model))
+        self.backend = "auto"  # selective_scan backend; set for the whole network through MambaIRv2Base.scan_backend
         self._init(dt_min, dt_max, dt_init_floor)
 
     @torch.no_grad()
@@ -314,7 +316,13 @@ class SelectiveScanParams(nn.Module):
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_projs_weight[0], dts.transpose(1, 2))  # (B, D, L), no transposing copy
         cs = cs.float() + prompt.float()
-        y = selective_scan(
+        # Named for profilers (benchmarks/bench_upsampler.py reports the scan's share of the forward).
+        with torch.profiler.record_function(SCAN_PROFILE_NAME):
+            y = self._scan(x, dts, bs, cs)
+        return y.transpose(1, 2)
+
+    def _scan(self, x: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+        return selective_scan(
             x.float().transpose(1, 2).contiguous(),
             dts.float().contiguous(),
             -torch.exp(self.A_logs.float()),
@@ -324,9 +332,8 @@ class SelectiveScanParams(nn.Module):
             self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().view(-1),
             delta_softplus=True,
-            backend="auto",
+            backend=self.backend,
         )
-        return y.transpose(1, 2)
 
 
 class ASSM(nn.Module):
@@ -558,11 +565,14 @@ class MambaIRv2Base(nn.Module):
         img_range: float = 1.0,
         upsampler: str = "",
         resi_connection: str = "1conv",
+        scan_backend: str = "auto",
         **kwargs,
     ) -> None:
         super().__init__()
         if upsampler not in UPSAMPLERS:
             raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
+        if scan_backend not in BACKENDS:
+            raise ValueError(f"scan_backend must be one of {BACKENDS}, got {scan_backend!r}")
         if upsampler == "nearest+conv" and upscale != 4:
             raise ValueError("the 'nearest+conv' head only supports upscale 4")
         if len(num_heads) < len(depths):
@@ -624,6 +634,21 @@ class MambaIRv2Base(nn.Module):
 
         if not self.conv_first.weight.is_meta:
             self.apply(_init_weights)
+        self.scan_backend = scan_backend
+
+    @property
+    def scan_backend(self) -> str:
+        """The ``selective_scan`` backend every ASSM uses (see :mod:`sr4.networks.selective_scan`); settable."""
+        return self._scan_backend
+
+    @scan_backend.setter
+    def scan_backend(self, backend: str) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"scan_backend must be one of {BACKENDS}, got {backend!r}")
+        self._scan_backend = backend
+        for module in self.modules():
+            if isinstance(module, SelectiveScanParams):
+                module.backend = backend
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         # Mirror padding by concatenating the flipped image (not reflect: the edge row repeats).
