@@ -314,24 +314,29 @@ class SelectiveScanParams(nn.Module):
         """x (B, L, D) in scan order, prompt (B, L, N) in *pixel* order (official quirk) -> (B, L, D) fp32."""
         x_dbl = F.linear(x, self.x_proj_weight[0])  # (B, L, R + 2N)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.matmul(self.dt_projs_weight[0], dts.transpose(1, 2))  # (B, D, L), no transposing copy
+        # delta = softplus(dt_proj(dts) + bias), formed here rather than in the scan: the bias rides in the GEMM and
+        # W @ dts^T lands in the (B, D, L) layout the scan reads without a transposing copy.
+        weight = self.dt_projs_weight[0].float()
+        bias = self.dt_projs_bias.float().view(-1, 1)
+        delta = [torch.addmm(bias, weight, d.t()) for d in dts.float()]
+        delta = F.softplus(delta[0].unsqueeze(0) if len(delta) == 1 else torch.stack(delta))
         cs = cs.float() + prompt.float()
         # Named for profilers (benchmarks/bench_upsampler.py reports the scan's share of the forward).
         with torch.profiler.record_function(SCAN_PROFILE_NAME):
-            y = self._scan(x, dts, bs, cs)
+            y = self._scan(x, delta, bs, cs)
         return y.transpose(1, 2)
 
-    def _scan(self, x: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+    def _scan(self, x: torch.Tensor, delta: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
         return selective_scan(
             x.float().transpose(1, 2).contiguous(),
-            dts.float().contiguous(),
+            delta,
             -torch.exp(self.A_logs.float()),
             # B and C stay (B, 1, N, L) views of (B, L, N) memory: the backends pick their own layout.
             bs.float().transpose(1, 2).unsqueeze(1),
             cs.transpose(1, 2).unsqueeze(1),
             self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float().view(-1),
-            delta_softplus=True,
+            delta_bias=None,
+            delta_softplus=False,
             backend=self.backend,
         )
 
