@@ -38,15 +38,28 @@ def test_exponential_noise_equals_exponential_and_consumes_the_generator_alike(d
 
 
 @pytest.mark.parametrize("shift", [0, 4])
-def test_window_order_is_roll_then_window_partition(shift):
+def test_window_order_is_roll_then_window_partition_with_masked_windows_last(shift):
     b, h, w, ws = 2, 16, 24, 8
-    ctx = ForwardContext(attn_mask=torch.zeros(1), rpi=torch.zeros(1), generator=None, window_size=ws, size=(b, h, w))
-    x = torch.randn(b, h, w, 5)
-    rows, inverse = ctx.window_order(shift)
-    expected = window_partition(torch.roll(x, shifts=(-shift, -shift), dims=(1, 2)), ws)
-    assert torch.equal(x.reshape(b * h * w, 5)[rows].view_as(expected), expected)
-    assert torch.equal(x.reshape(b * h * w, 5)[rows][inverse], x.reshape(b * h * w, 5))
-    assert ctx.window_order(shift)[0] is rows  # built once per forward
+    mask = shifted_window_mask(h, w, ws)
+    ctx = ForwardContext(attn_mask=mask, rpi=torch.zeros(1), generator=None, window_size=ws, size=(b, h, w))
+    x = torch.randn(b * h * w, 5)
+    order = ctx.window_order(shift)
+    assert ctx.window_order(shift) is order  # built once per forward
+    assert torch.equal(x[order.rows][order.inverse], x)
+    expected = window_partition(torch.roll(x.view(b, h, w, 5), shifts=(-shift, -shift), dims=(1, 2)), ws)
+    got = x[order.rows].view_as(expected)
+    if shift == 0:
+        assert torch.equal(got, expected) and order.mask is None
+        return
+    # the same windows, reordered: those without a mask first; each keeps its own mask
+    nw = mask.shape[0]
+    assert order.unmasked == b * 2 and order.mask.shape[0] == nw - 2  # 3 x 2 windows, the last row/column masked
+    for j in range(b * nw):
+        i = next(i for i in range(b * nw) if torch.equal(expected[i], got[j]))
+        want = mask[i % nw]
+        have = torch.zeros_like(want) if j < order.unmasked else order.mask[(j - order.unmasked) % order.mask.shape[0]]
+        assert torch.equal(have, want)
+        assert (want != 0).any() == (j >= order.unmasked)
 
 
 @pytest.mark.parametrize("chunk_windows", [None, 5])
@@ -71,7 +84,12 @@ def test_fused_window_attention_matches_matmul_softmax(monkeypatch, chunk_window
         monkeypatch.setattr(WindowAttention, "max_attention_elements", chunk_windows * heads * n * n)
     with torch.no_grad():
         got = attn(qkv, rpi, mask, b)
+        # the unmasked-windows-first layout: windows 0 and 1 of each image have no mask, 2-5 have one
+        assert mask[:2].eq(0).all() and mask[2:].ne(0).flatten(1).any(1).all()
+        perm = torch.tensor([0, 1, 6, 7, 2, 3, 4, 5, 8, 9, 10, 11])
+        reordered = attn(qkv[perm], rpi, mask[2:], b, unmasked=4)
     torch.testing.assert_close(got, ref, rtol=0, atol=2e-5)
+    torch.testing.assert_close(reordered, ref[perm], rtol=0, atol=2e-5)
 
 
 def test_inference_prompt_lookup_matches_straight_through_policy():

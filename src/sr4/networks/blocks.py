@@ -39,24 +39,49 @@ class ForwardContext:
     generator: torch.Generator | None
     window_size: int = 0
     size: tuple[int, int, int] = (0, 0, 0)  # (batch, height, width)
-    _orders: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _orders: dict[int, WindowOrder] = field(default_factory=dict)
 
-    def window_order(self, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, inverse) for a token-major (B*H*W, C) matrix: ``rows`` gathers the tokens of the image
-        rolled by -shift into windows (what roll + window_partition produce), ``inverse`` puts them back.
-        Built once per forward and shift, so the layers need one gather instead of two copies."""
+    def window_order(self, shift: int) -> WindowOrder:
+        """How the layers with this shift gather tokens into windows; built once per forward and shift."""
         if shift not in self._orders:
-            b, h, w = self.size
-            ws = self.window_size
-            device = self.attn_mask.device
-            rr = (torch.arange(h, device=device) + shift) % h
-            cc = (torch.arange(w, device=device) + shift) % w
-            pix = (rr[:, None] * w + cc[None, :]).view(1, h, w)
-            pix = pix + (torch.arange(b, device=device) * (h * w)).view(b, 1, 1)
-            rows = window_partition(pix.unsqueeze(-1), ws).reshape(-1)
-            inverse = torch.empty_like(rows).scatter_(0, rows, torch.arange(rows.numel(), device=device))
-            self._orders[shift] = (rows, inverse)
+            self._orders[shift] = WindowOrder.build(self.size, self.window_size, shift,
+                                                    self.attn_mask if shift > 0 else None, self.attn_mask.device)
         return self._orders[shift]
+
+
+@dataclass
+class WindowOrder:
+    """Token order for window attention on a token-major (B*H*W, C) matrix.
+
+    ``rows`` gathers the tokens of the image rolled by -shift into windows (what roll + window_partition
+    produce, as one gather) and ``inverse`` puts them back. The windows are reordered so that the
+    ``unmasked`` windows whose shift mask is all zero come first; window ``unmasked + j`` uses ``mask[j % len(mask)]``.
+    Attention runs per window, so the window order is free, and only the masked windows need a materialised
+    bias + mask."""
+
+    rows: torch.Tensor
+    inverse: torch.Tensor
+    mask: torch.Tensor | None
+    unmasked: int
+
+    @classmethod
+    def build(cls, size: tuple[int, int, int], ws: int, shift: int, mask: torch.Tensor | None,
+              device: torch.device) -> WindowOrder:
+        b, h, w = size
+        rr = (torch.arange(h, device=device) + shift) % h
+        cc = (torch.arange(w, device=device) + shift) % w
+        pix = (rr[:, None] * w + cc[None, :]).view(1, h, w)
+        pix = pix + (torch.arange(b, device=device) * (h * w)).view(b, 1, 1)
+        windows = window_partition(pix.unsqueeze(-1), ws).view(b, -1, ws * ws)  # (B, nW, ws*ws)
+        unmasked = 0
+        if mask is not None:
+            masked = mask.flatten(1).ne(0).any(1)
+            free, used = (~masked).nonzero().view(-1), masked.nonzero().view(-1)
+            windows = torch.cat([windows[:, free].reshape(-1), windows[:, used].reshape(-1)])
+            mask, unmasked = mask.index_select(0, used), b * free.numel()
+        rows = windows.reshape(-1)
+        inverse = torch.empty_like(rows).scatter_(0, rows, torch.arange(rows.numel(), device=rows.device))
+        return cls(rows, inverse, mask, unmasked)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -201,31 +226,35 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, qkv: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None, batch: int) -> torch.Tensor:
+    def forward(self, qkv: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None, batch: int,
+                unmasked: int = 0) -> torch.Tensor:
+        """qkv (windows, ws*ws, 3C) -> (windows, ws*ws, C). With a mask (nM, n, n), the first ``unmasked`` windows
+        get none and window ``unmasked + j`` gets ``mask[j % nM]`` (``unmasked=0``: the official layout, where
+        window i of each of the ``batch`` images uses ``mask[i]``)."""
         bw, n, c3 = qkv.shape
         c = c3 // 3
         heads = self.num_heads
         hd = c // heads
         q, k, v = qkv.view(bw, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (bw, heads, n, hd)
         bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
-        bias = bias.to(qkv.dtype).contiguous()  # the fused kernel reads a strided mask much more slowly
+        bias = bias.to(qkv.dtype).contiguous().unsqueeze(0)  # the fused kernel reads a strided mask much more slowly
         # Fused attention: softmax(q k^T * scale + bias + mask) v without the (bw, heads, n, n) score tensor
-        # of the official matmul/softmax/matmul (about 3x faster on CPU); only the additive mask is built,
-        # and windows are chunked so that it stays under max_attention_elements.
+        # of the official matmul/softmax/matmul (about 3x faster on CPU); only the additive mask of masked windows
+        # is built, and windows are chunked so that it stays under max_attention_elements.
         step = max(1, self.max_attention_elements // (heads * n * n))
+        lead = bw if mask is None else min(unmasked, bw)
+        bounds = sorted({*range(0, bw, step), lead, bw} - {bw}) + [bw]
         parts = []
-        for s in range(0, bw, step):
-            e = min(bw, s + step)
-            if mask is None:
-                add = bias.unsqueeze(0)
-            else:
-                nw = mask.shape[0]
-                picked = torch.arange(s, e, device=mask.device) % nw
-                rows = mask if (s == 0 and e == nw) else mask.index_select(0, picked)
-                add = bias.unsqueeze(0) + rows.unsqueeze(1).to(qkv.dtype)
-            parts.append(F.scaled_dot_product_attention(q[s:e], k[s:e], v[s:e], attn_mask=add, scale=self.scale))
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            add = bias
+            if s >= lead:
+                nm = mask.shape[0]
+                rows = mask if (s - lead == 0 and e - s == nm) else mask[torch.arange(s - lead, e - lead) % nm]
+                add = bias + rows.unsqueeze(1).to(qkv.dtype)
+            out = F.scaled_dot_product_attention(q[s:e], k[s:e], v[s:e], attn_mask=add, scale=self.scale)
+            parts.append(out.transpose(1, 2))  # (windows, n, heads, hd): concatenation makes it contiguous
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+        return self.proj(out.reshape(bw, n, c))
 
 
 # ----------------------------------------------------------------------------- state space
@@ -443,11 +472,11 @@ class AttentiveLayer(nn.Module):
         shortcut = x
         # roll + window_partition (and back) as one row gather each way; LayerNorm, wqkv and proj act per token,
         # so they commute with the reordering and run on 3x narrower rows than qkv.
-        rows, inverse = ctx.window_order(shift)
-        xw = self.norm1(x).reshape(b * n, c).index_select(0, rows)
+        order = ctx.window_order(shift)
+        xw = self.norm1(x).reshape(b * n, c).index_select(0, order.rows)
         qkv = self.wqkv(xw).view(b * n // (ws * ws), ws * ws, 3 * c)
-        attn = self.win_mhsa(qkv, ctx.rpi, ctx.attn_mask if shift > 0 else None, b)
-        attn = attn.reshape(b * n, c).index_select(0, inverse)
+        attn = self.win_mhsa(qkv, ctx.rpi, order.mask, b, order.unmasked)
+        attn = attn.reshape(b * n, c).index_select(0, order.inverse)
         x_win = attn.reshape(b, n, c) + shortcut
         x_win = self.convffn1(self.norm2(x_win), x_size) + x_win
         x = torch.addcmul(x_win, shortcut, self.scale1)
