@@ -130,7 +130,7 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
         x = self.act(self.fc1(x))
-        x = x + self.dwconv(x, x_size)
+        x = self.dwconv(x, x_size).add_(x)  # in place on the GELU output, which no backward needs
         return self.fc2(x)
 
 
@@ -416,7 +416,7 @@ class ASSM(nn.Module):
         # in_proj is a 1x1 conv: a linear map on tokens; CPE runs on a channels_last view.
         conv = self.in_proj[0]
         seq = F.linear(x, conv.weight.reshape(conv.out_channels, c), conv.bias)  # (B, n, hidden)
-        seq = seq * torch.sigmoid(image_to_tokens(self.CPE(tokens_to_image(seq, h, w))))
+        seq = seq * image_to_tokens(self.CPE(tokens_to_image(seq, h, w))).sigmoid_()
         hidden = seq.shape[-1]
 
         seq = seq.reshape(b * n, hidden).index_select(0, rows).view(b, n, hidden)
@@ -477,14 +477,15 @@ class AttentiveLayer(nn.Module):
         qkv = self.wqkv(xw).view(b * n // (ws * ws), ws * ws, 3 * c)
         attn = self.win_mhsa(qkv, ctx.rpi, order.mask, b, order.unmasked)
         attn = attn.reshape(b * n, c).index_select(0, order.inverse)
-        x_win = attn.reshape(b, n, c) + shortcut
-        x_win = self.convffn1(self.norm2(x_win), x_size) + x_win
-        x = torch.addcmul(x_win, shortcut, self.scale1)
+        # Residual sums accumulate in place into fresh outputs whose values no backward reads (fewer 2-4 MB buffers).
+        x_win = attn.view(b, n, c).add_(shortcut)
+        x_win = self.convffn1(self.norm2(x_win), x_size).add_(x_win)
+        x = x_win.addcmul_(shortcut, self.scale1)
 
         shortcut = x
-        x_aca = self.assm(self.norm3(x), x_size, self.embeddingA.weight, ctx.generator) + x
-        x = x_aca + self.convffn2(self.norm4(x_aca), x_size)
-        return torch.addcmul(x, shortcut, self.scale2)
+        x_aca = self.assm(self.norm3(x), x_size, self.embeddingA.weight, ctx.generator).add_(x)
+        x = self.convffn2(self.norm4(x_aca), x_size).add_(x_aca)
+        return x.addcmul_(shortcut, self.scale2)
 
 
 class BasicBlock(nn.Module):
@@ -526,7 +527,7 @@ class ASSB(nn.Module):
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int], ctx: ForwardContext) -> torch.Tensor:
         y = self.residual_group(x, x_size, ctx)
-        return image_to_tokens(self.conv(tokens_to_image(y, x_size[0], x_size[1]))) + x
+        return image_to_tokens(self.conv(tokens_to_image(y, x_size[0], x_size[1]))).add_(x)
 
 
 class PatchEmbed(nn.Module):
