@@ -249,7 +249,8 @@ class WindowAttention(nn.Module):
             add = bias
             if s >= lead:
                 nm = mask.shape[0]
-                rows = mask if (s - lead == 0 and e - s == nm) else mask[torch.arange(s - lead, e - lead) % nm]
+                picked = torch.arange(s - lead, e - lead, device=mask.device) % nm
+                rows = mask if (s - lead == 0 and e - s == nm) else mask[picked]
                 add = bias + rows.unsqueeze(1).to(qkv.dtype)
             out = F.scaled_dot_product_attention(q[s:e], k[s:e], v[s:e], attn_mask=add, scale=self.scale)
             parts.append(out.transpose(1, 2))  # (windows, n, heads, hd): concatenation makes it contiguous
