@@ -14,7 +14,7 @@ from torch import nn
 
 import sr4
 from sr4.image.io import ImageData, read_image, write_image
-from sr4.pipeline.upscaler import BicubicFallbackWarning, Upscaler
+from sr4.pipeline.upscaler import Upscaler
 
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
@@ -25,8 +25,7 @@ def _bicubic(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture
 def bicubic() -> Upscaler:
-    with pytest.warns(BicubicFallbackWarning, match="no trained weights"):
-        return Upscaler(tile=None)
+    return Upscaler("bicubic", tile=None)  # explicit: without a model Upscaler uses the bundled network
 
 
 class NoisyConv(nn.Module):

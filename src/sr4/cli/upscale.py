@@ -41,8 +41,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if needed)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders (kept in the output)")
-    p.add_argument("--model", metavar="FILE", help="upsampler checkpoint (MambaIRv2 / -Light, .pth or "
-                   ".safetensors); without it: plain bicubic x4, as no trained weights are bundled")
+    p.add_argument("--model", metavar="FILE|bicubic", help="upsampler checkpoint (MambaIRv2 / -Light, .pth or "
+                   ".safetensors), or 'bicubic' for plain bicubic x4; default: sr4's bundled MambaIRv2-Light x4")
     p.add_argument("--outscale", type=_positive_float, metavar="FLOAT",
                    help="final scale relative to the input (resize after the network), e.g. 2")
     p.add_argument("--suffix", default="", help="appended to each output file name (default: none)")
@@ -133,16 +133,12 @@ def collect_jobs(inputs: list[str], outdir: Path, *, recursive: bool, suffix: st
 def build_processor(args: argparse.Namespace, device: str):
     """The Upscaler, or the refiner Pipeline, the options ask for."""
     if args.pipeline == "upsampler":
-        import warnings
+        from sr4.pipeline.upscaler import BICUBIC, BICUBIC_NOTICE, Upscaler
 
-        from sr4.pipeline.upscaler import BICUBIC_NOTICE, BicubicFallbackWarning, Upscaler
-
-        if args.model is None:
+        if args.model == BICUBIC:
             print(f"sr4: note: {BICUBIC_NOTICE}", file=sys.stderr)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BicubicFallbackWarning)  # already said above, once
-            return Upscaler(args.model, tile=args.tile, tile_overlap=args.tile_overlap, device=device,
-                            dtype=args.dtype, seed=args.seed, alpha=args.alpha)
+        return Upscaler(args.model, tile=args.tile, tile_overlap=args.tile_overlap, device=device,
+                        dtype=args.dtype, seed=args.seed, alpha=args.alpha)
     if args.model_dir is None:
         raise ValueError(f"--pipeline {args.pipeline} needs --model-dir DIR (the SD3 / TSD-SR model folder)")
     if args.model is not None:

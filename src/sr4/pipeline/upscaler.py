@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -14,21 +13,26 @@ from sr4.pipeline.base import ImageProcessor, ProgressFn
 from sr4.pipeline.tiling import TileOptions, auto_tile_size, upscale_with_fallback
 from sr4.utils.device import resolve_device, resolve_dtype
 
-BICUBIC_NOTICE = ("no model given: sr4 ships no trained weights yet, so this is plain bicubic x4 "
-                  "interpolation; pass a MambaIRv2 checkpoint (model=... / --model FILE) for real super-resolution")
+#: `model` value that asks for plain bicubic x4 (no network) instead of the bundled default.
+BICUBIC = "bicubic"
+BICUBIC_NOTICE = ("bicubic: plain bicubic x4 interpolation, no network; leave the model out for sr4's "
+                  "bundled default upsampler or pass a MambaIRv2 checkpoint (model=... / --model FILE)")
 
 
 class BicubicFallbackWarning(UserWarning):
-    """Emitted when an Upscaler is built without a model and falls back to bicubic."""
+    """Kept for compatibility: sr4 no longer falls back to bicubic silently (model=None is the
+    bundled default network); bicubic is chosen explicitly with model="bicubic"."""
 
 
 class Upscaler(ImageProcessor):
     """Upscale images with an upsampler network, tile by tile.
 
-    model: None (bicubic x4, with a `BicubicFallbackWarning`), a checkpoint path (read by
-        `sr4.networks.loading.load_upsampler`, architecture detected from the keys) or an
-        `nn.Module` following the upsampler contract (`scale`, optional `min_size`,
-        `forward(x, generator=None)`); a given module is moved to `device`/`dtype` and set to eval.
+    model: None (sr4's bundled default upsampler, `sr4.networks.default.DEFAULT_MODEL`: a small
+        MambaIRv2-Light x4 shipped in the package, checked by sha256), "bicubic" (plain bicubic
+        x4, no network), a checkpoint path (read by `sr4.networks.loading.load_upsampler`,
+        architecture detected from the keys) or an `nn.Module` following the upsampler contract
+        (`scale`, optional `min_size`, `forward(x, generator=None)`); a given module is moved to
+        `device`/`dtype` and set to eval.
     tile: LR tile side in pixels, None for no tiling, or "auto" (a power of two from free memory;
         one pass when the image fits). Networks with random draws (MambaIRv2) give slightly
         different results for different tilings: pass an int for identical results everywhere.
@@ -51,12 +55,16 @@ class Upscaler(ImageProcessor):
         if alpha not in ("bicubic", "network"):
             raise ValueError(f"alpha must be 'bicubic' or 'network', got {alpha!r}")
         self.alpha_upsampler = alpha
-        self.is_fallback = model is None
+        self.is_bicubic = isinstance(model, str) and model == BICUBIC
+        self.is_default = model is None
         if model is None:
+            from sr4.networks.default import load_default_upsampler
+
+            module: nn.Module = load_default_upsampler()
+        elif self.is_bicubic:
             from sr4.networks.bicubic import BicubicUpsampler
 
-            warnings.warn(BICUBIC_NOTICE, BicubicFallbackWarning, stacklevel=2)
-            module: nn.Module = BicubicUpsampler(4)
+            module = BicubicUpsampler(4)
         elif isinstance(model, (str, os.PathLike)):
             from sr4.networks.loading import load_upsampler
 
@@ -64,7 +72,8 @@ class Upscaler(ImageProcessor):
         elif isinstance(model, nn.Module):
             module = model
         else:
-            raise TypeError(f"model must be None, a checkpoint path or an nn.Module, got {type(model).__name__}")
+            raise TypeError(f"model must be None (bundled default), 'bicubic', a checkpoint path or an nn.Module, "
+                            f"got {type(model).__name__}")
         if not isinstance(getattr(module, "scale", None), int) or module.scale < 1:
             raise ValueError(f"upsampler {type(module).__name__} has no positive integer `scale` attribute")
         self.model = module.to(device=self._device, dtype=self.dtype).eval().requires_grad_(False)
