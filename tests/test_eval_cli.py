@@ -195,12 +195,13 @@ def test_upscale_then_score(tmp_path):
         Image.fromarray(img).save(hr / f"{key}.png")
         Image.fromarray(imresize(img, 0.25)).save(lr / f"{key}x4.png")
     out = tmp_path / "o"
-    args = ["eval", str(sr), str(hr), "--lr-dir", str(lr), "--out", str(out), "--metrics", "psnr,ssim", "--quiet"]
+    args = ["eval", str(sr), str(hr), "--lr-dir", str(lr), "--out", str(out), "--metrics", "psnr,ssim", "--quiet",
+            "--model", "bicubic"]
     assert main(args) == 0
     assert sorted(p.name for p in sr.iterdir()) == ["0901x4.png", "0902x4.png"]
     assert Image.open(sr / "0901x4.png").size == (128, 96)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["images_scored"] == 2 and summary["upscaled"]["model"].startswith("bicubic")
+    assert summary["images_scored"] == 2 and summary["upscaled"]["model"] == "bicubic"
     assert summary["upscaled"]["images_written"] == ["0901x4.png", "0902x4.png"]
     rows = {r["image"]: r for r in csv.DictReader((out / "metrics.csv").open())}
     expected = psnr(rgb(sr / "0902x4.png"), rgb(hr / "0902.png"))
@@ -222,3 +223,25 @@ def test_pixels_become_8bit_rgb():
     assert out[0, :, 0].tolist() == [0, 128, 255]
     with pytest.raises(ValueError, match="unsupported"):
         to_rgb8(np.zeros((2, 2, 3), np.float32))
+
+
+def test_upscale_with_the_snucv_pipeline_then_score(tmp_path):
+    from refiner_fixtures import shared_tiny_model_folder
+
+    from sr4.pipeline.snucv import Pipeline
+
+    lr, hr, sr = tmp_path / "lr", tmp_path / "hr", tmp_path / "sr"
+    lr.mkdir()
+    hr.mkdir()
+    img = rgb(DATA / "hr_coffee.png")[:64, :64]
+    Image.fromarray(img).save(hr / "0901.png")
+    Image.fromarray(img[::4, ::4]).save(lr / "0901x4.png")
+    folder = shared_tiny_model_folder()
+    out = tmp_path / "o"
+    assert main(["eval", str(sr), str(hr), "--lr-dir", str(lr), "--out", str(out), "--metrics", "psnr",
+                 "--quiet", "--no-report", "--pipeline", "snucv", "--model-dir", str(folder), "--seed", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["upscaled"]["pipeline"] == "snucv" and summary["upscaled"]["model"] == str(folder)
+    # The image it scored is what sr4.Pipeline gives for the same folder and seed.
+    expected = Pipeline.from_model_dir(folder, pipeline="snucv", seed=3)(Image.open(lr / "0901x4.png"))
+    assert np.array_equal(rgb(sr / "0901x4.png"), np.asarray(expected.convert("RGB")))

@@ -155,6 +155,28 @@ def test_cli_upscale_snucv_end_to_end(model_dir, tmp_path):
     assert rc == 2
 
 
+
+def test_cli_refiner_options_reach_the_pipeline(model_dir, tmp_path):
+    """--merge-lora keeps the output (fp tolerance); --tile / --tile-overlap size the upsampler tiles."""
+    import numpy as np
+    from PIL import Image
+
+    from sr4.cli import main
+
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(1).random((20, 18, 3)) * 255).astype(np.uint8)).save(src)
+
+    def run(name, *extra):
+        assert main(["upscale", str(src), "-o", str(tmp_path / name), "--pipeline", "snucv", "--model-dir",
+                     str(model_dir), "--device", "cpu", "--latent", "mean", *extra]) == 0
+        return np.asarray(Image.open(tmp_path / name / "in.png"), dtype=np.int16)
+
+    plain = run("plain")
+    assert np.abs(run("merged", "--merge-lora") - plain).max() <= 1
+    expected = Pipeline.from_model_dir(model_dir, device="cpu", latent="mean", upsampler_tile=8,
+                                       upsampler_tile_overlap=2)(Image.open(src))
+    assert np.array_equal(run("tiled", "--tile", "8", "--tile-overlap", "2"), np.asarray(expected, dtype=np.int16))
+
 @torch.no_grad()
 def test_snucv_with_all_tiling_on_odd_sizes(model_dir, snucv):
     """U, latent and VAE tiles together on a 52x60 output (sides not multiples of 8 or 16)."""

@@ -58,8 +58,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     up = p.add_argument_group("upscale, then score")
     up.add_argument("--lr-dir", type=Path, help="upscale the LR images here into SR_DIR first (same file names), "
                                                 "then score SR_DIR against HR_DIR")
-    up.add_argument("--model", metavar="FILE", help="upsampler checkpoint for --lr-dir (MambaIRv2 / -Light); "
-                                                    "without it the LR images are upscaled with plain bicubic")
+    up.add_argument("--model", metavar="FILE|bicubic", help="--lr-dir: upsampler checkpoint (MambaIRv2 / -Light) "
+                    "or 'bicubic'; default: sr4's bundled default upsampler")
+    up.add_argument("--pipeline", choices=("upsampler", "snucv", "tsdsr"), default="upsampler",
+                    help="--lr-dir: upsampler alone (default), or the two-stage SNUCV / TSD-SR pipeline")
+    up.add_argument("--model-dir", metavar="DIR", help="--lr-dir with --pipeline snucv|tsdsr: the model folder")
+    up.add_argument("--latent", choices=("sample", "mean"), default="sample",
+                    help="--pipeline snucv|tsdsr: VAE latent, a seeded sample (official) or the mean")
+    up.add_argument("--color-fix", choices=("none", "wavelet", "adain"), default=None,
+                    help="--pipeline snucv|tsdsr: colour fix (default: none for snucv, wavelet for tsdsr)")
+    up.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                    help="--lr-dir: network precision (auto: fp16 on CUDA, fp32 on CPU)")
     up.add_argument("--tile", type=_tile, default="auto", help="--lr-dir: LR tile side in px, none, or auto (default)")
     up.add_argument("--overwrite", action="store_true", help="--lr-dir: replace images already in SR_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -157,8 +166,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _upscale_lr(args: argparse.Namespace, record: dict) -> int:
     """Upscale every LR image into SR_DIR with sr4.Upscaler; fills `record`; returns an exit code."""
-    import warnings
-
     from sr4.image.io import ImageError
     from sr4.metrics.evaluate import list_images
 
@@ -174,17 +181,17 @@ def _upscale_lr(args: argparse.Namespace, record: dict) -> int:
         print(f"sr4 eval: {args.sr_dir} already holds {len(existing)} of the outputs (e.g. {existing[0].name}); "
               "pass --overwrite to replace them", file=sys.stderr)
         return 2
-    from sr4.pipeline.upscaler import BicubicFallbackWarning, Upscaler
+    from sr4.cli.upscale import build_processor
 
+    # The same processor `sr4 upscale` builds from the same options.
+    options = argparse.Namespace(pipeline=args.pipeline, model=args.model, model_dir=args.model_dir,
+                                 latent=args.latent, color_fix=args.color_fix, tile=args.tile, tile_overlap=16,
+                                 dtype=args.dtype, seed=args.seed, alpha="bicubic")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BicubicFallbackWarning)  # said below, in words that fit eval
-            upscaler = Upscaler(args.model, tile=args.tile, device=args.device, seed=args.seed)
+        upscaler = build_processor(options, args.device)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"sr4 eval: cannot load the upsampler: {exc}", file=sys.stderr)
         return 2
-    if args.model is None:
-        print("sr4 eval: no --model given: upscaling with plain bicubic (a baseline)", file=sys.stderr)
     from tqdm import tqdm
 
     errors = []
@@ -195,6 +202,7 @@ def _upscale_lr(args: argparse.Namespace, record: dict) -> int:
             written.append(src.name)
         except (ImageError, FileExistsError) as exc:
             errors.append((str(src), str(getattr(exc, "problem", exc))))
-    record.update({"lr_dir": str(args.lr_dir), "model": args.model or "bicubic (no model)",
+    model = args.model_dir if args.pipeline != "upsampler" else (args.model or "sr4 bundled default")
+    record.update({"lr_dir": str(args.lr_dir), "pipeline": args.pipeline, "model": model,
                    "images_written": written, "errors": errors})
     return 0

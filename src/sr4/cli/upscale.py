@@ -73,6 +73,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                       help="VAE latent: a seeded sample (official) or the mean")
     pipe.add_argument("--color-fix", choices=["none", "wavelet", "adain"], default=None,
                       help="colour correction after the refiner (default: none for snucv, wavelet for tsdsr)")
+    pipe.add_argument("--merge-lora", action="store_true",
+                      help="merge the LoRA weights into the base weights once (faster; same output within fp error)")
+    pipe.add_argument("--vae-tiling", choices=["auto", "on", "off"], default="auto",
+                      help="tile the VAE encode/decode (auto: only above 2048x2048 output)")
 
 
 @dataclass
@@ -147,8 +151,12 @@ def build_processor(args: argparse.Namespace, device: str):
     from sr4.pipeline.snucv import Pipeline
 
     color_fix = args.color_fix or ("wavelet" if args.pipeline == "tsdsr" else "none")
+    vae_tiling = {"auto": "auto", "on": True, "off": False}[getattr(args, "vae_tiling", "auto")]
+    # --tile / --tile-overlap size the upsampler's tiles; the refiner keeps TSD-SR's latent tiles.
     processor = Pipeline.from_model_dir(args.model_dir, pipeline=args.pipeline, latent=args.latent,
-                                        color_fix=color_fix, device=device, dtype=args.dtype, seed=args.seed)
+                                        color_fix=color_fix, device=device, dtype=args.dtype, seed=args.seed,
+                                        merge_lora=getattr(args, "merge_lora", False), vae_tiling=vae_tiling,
+                                        upsampler_tile=args.tile, upsampler_tile_overlap=args.tile_overlap)
     processor.alpha_upsampler = args.alpha  # an ImageProcessor rule, the same for every pipeline
     return processor
 
