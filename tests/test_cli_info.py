@@ -43,3 +43,13 @@ def test_info_classic_safetensors_and_errors(tmp_path, capsys):
     assert main(["info", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "empty.pth" in err and "empty" in err
+
+
+def test_info_without_a_file_describes_the_bundled_model(capsys):
+    from sr4.networks.default import DEFAULT_MODEL, sha256_of
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["bundled"]["sha256"] == DEFAULT_MODEL.sha256 == sha256_of(info["file"])
+    assert info["arch"] == "MambaIRv2Light" and info["scale"] == 4
+    assert "sr4 train configs/default_light.yaml" in info["bundled"]["recipe"]

@@ -1,4 +1,6 @@
-"""`sr4 info MODEL`: the architecture, hyperparameters, scale and size detected in an upsampler checkpoint."""
+"""`sr4 info [MODEL]`: the architecture, hyperparameters, scale and size detected in an upsampler checkpoint.
+
+Without MODEL it describes sr4's bundled default upsampler, with its checksum and training recipe."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import sys
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="upsampler checkpoint (.safetensors, .pth or .pt)")
+    p.add_argument("model", nargs="?", help="upsampler checkpoint (.safetensors, .pth or .pt); "
+                   "default: sr4's bundled default model")
     p.add_argument("--key", default=None, help="wrapper entry to read (default: params_ema, then params, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
@@ -16,6 +19,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sr4.networks.loading import CheckpointError, build_and_load, detect_upsampler, read_state_dict
 
+    bundled = None
+    if args.model is None:
+        from sr4.networks.default import DEFAULT_MODEL
+
+        bundled = DEFAULT_MODEL.describe()
+        args.model = bundled["file"]
     try:
         sd = read_state_dict(args.model, key=args.key)
         config = detect_upsampler(sd, name=args.model)
@@ -27,9 +36,17 @@ def run(args: argparse.Namespace) -> int:
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in sd.values() if v.is_floating_point()})
     info = {"file": str(args.model), "arch": config.arch, "scale": config.scale, "parameters": params,
             "stored_dtypes": dtypes, "min_size": model.min_size, "hyperparameters": config.kwargs}
+    if bundled is not None:
+        info["bundled"] = bundled
     if args.json:
         print(json.dumps(info))
         return 0
+    if bundled is not None:
+        print(f"bundled model: {bundled['name']} (sr4's default)")
+        print(f"sha256:        {bundled['sha256']}")
+        print(f"recipe:        {bundled['recipe']}")
+        if bundled["evaluation"]:
+            print(f"evaluation:    {bundled['evaluation']}")
     print(f"file:          {info['file']}")
     print(f"architecture:  {config.arch}")
     print(f"scale:         x{config.scale}")
