@@ -186,7 +186,7 @@ def run(work: Path, limit: int, threads: int, figure: Path | None, no_niqe: bool
 
 
 def _texture_crop(hr: np.ndarray, outs: dict[str, np.ndarray], size: int = 96) -> list[np.ndarray]:
-    """Crops of bicubic / sr4 / HR at the window (size px, half-size grid) at the 90th percentile
+    """Crops of bicubic / sr4 / HR at the window (size px, half-size grid) at the 98th percentile
     of bicubic's error: chosen by texture alone, never by how well sr4 does there."""
     import torch
     import torch.nn.functional as F
@@ -194,7 +194,7 @@ def _texture_crop(hr: np.ndarray, outs: dict[str, np.ndarray], size: int = 96) -
     err = torch.from_numpy(((outs["bicubic"].astype(np.float64) - hr) ** 2).mean(axis=2))[None, None]
     pooled = F.avg_pool2d(err, size, stride=size // 2)[0, 0]
     order = torch.argsort(pooled.flatten())
-    idx = int(order[int(0.9 * (len(order) - 1))])
+    idx = int(order[int(0.98 * (len(order) - 1))])
     y, x = divmod(idx, pooled.shape[1])
     y, x = y * size // 2, x * size // 2
     return [a[y:y + size, x:x + size] for a in (outs["bicubic"], outs["sr4-default"], hr)]
