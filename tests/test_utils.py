@@ -40,3 +40,17 @@ def test_device_and_dtype_resolution():
 def test_cli_without_command_prints_help(capsys):
     assert main([]) == 2
     assert "upscale" in capsys.readouterr().out
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.txt", "x")
+        assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644
+        old = tmp_path / "old.txt"
+        old.write_text("a")
+        old.chmod(0o640)
+        atomic_write_text(old, "b")
+        assert old.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
