@@ -317,6 +317,20 @@ def test_tiling_options_are_exact_when_the_image_fits_one_tile(model_dir, refine
 
 
 @torch.no_grad()
+def test_latent_tiles_stay_within_a_stated_bound_of_the_untiled_result(refiner):
+    """Latent 12x10 on 6-latent tiles (overlap 2) vs one call. SD3's attention is global, so each tile sees
+    less context and the tiny random transformer's v differs inside tiles too: the stated bound is mean
+    |diff| <= 0.05 and max <= 0.6 on [0, 1] outputs (measured 0.033 / 0.39; no bound is measured for the
+    real SD3 weights here)."""
+    tiled = TSDSRRefiner(refiner.transformer, refiner.vae, refiner.prompt_embeds, refiner.pooled_embeds,
+                         RefinerConfig(latent_tile=6, latent_overlap=2))
+    x = _image(96, 80, seed=0)
+    a = tiled(x, torch.Generator().manual_seed(1))
+    b = refiner(x, torch.Generator().manual_seed(1))
+    diff = (a - b).abs()
+    assert 0 < diff.mean() <= 0.05 and diff.max() <= 0.6
+
+@torch.no_grad()
 def test_sides_not_multiple_of_eight_are_resized_back(refiner):
     x = _image(36, 44, seed=10)
     y = refiner(x)
