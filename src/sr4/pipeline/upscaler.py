@@ -19,11 +19,6 @@ BICUBIC_NOTICE = ("bicubic: plain bicubic x4 interpolation, no network; leave th
                   "bundled default upsampler or pass a MambaIRv2 checkpoint (model=... / --model FILE)")
 
 
-class BicubicFallbackWarning(UserWarning):
-    """Kept for compatibility: sr4 no longer falls back to bicubic silently (model=None is the
-    bundled default network); bicubic is chosen explicitly with model="bicubic"."""
-
-
 class Upscaler(ImageProcessor):
     """Upscale images with an upsampler network, tile by tile.
 
