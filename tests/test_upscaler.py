@@ -115,16 +115,15 @@ def test_seed_controls_noise() -> None:
     assert not torch.equal(up(x, seed=4), a)
 
 
-def test_threads_match_sequential() -> None:
-    up = Upscaler(NoisyConv(), tile=16, tile_overlap=4)
-    images = [torch.rand(3, 20 + i, 24) for i in range(4)]
-    expected = [up(img, seed=i) for i, img in enumerate(images)]
+def _assert_threads_match_sequential(up: Upscaler, images: list[torch.Tensor], seeds: list[int]) -> None:
+    """Concurrent calls on one Upscaler (all released at once) give exactly the sequential results."""
+    expected = [up(img, seed=s) for img, s in zip(images, seeds)]
     results: dict[int, torch.Tensor] = {}
     barrier = threading.Barrier(len(images))
 
     def work(i: int) -> None:
         barrier.wait()
-        results[i] = up(images[i], seed=i)
+        results[i] = up(images[i], seed=seeds[i])
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
     for t in threads:
@@ -133,6 +132,11 @@ def test_threads_match_sequential() -> None:
         t.join()
     for i, exp in enumerate(expected):
         torch.testing.assert_close(results[i], exp, atol=0, rtol=0)
+
+
+def test_threads_match_sequential() -> None:
+    up = Upscaler(NoisyConv(), tile=16, tile_overlap=4)
+    _assert_threads_match_sequential(up, [torch.rand(3, 20 + i, 24) for i in range(4)], [0, 1, 2, 3])
 
 
 def test_tiled_matches_untiled_for_local_model() -> None:
@@ -244,20 +248,7 @@ def test_subclass_without_progress_argument(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_mambairv2_threads_match_sequential(mamba_ckpt: Path) -> None:
     up = Upscaler(mamba_ckpt, tile=16, tile_overlap=4)
-    images = [torch.rand(3, 20, 24 + 4 * i) for i in range(3)]
-    expected = [up(img, seed=10 + i) for i, img in enumerate(images)]
-    results: dict[int, torch.Tensor] = {}
-
-    def work(i: int) -> None:
-        results[i] = up(images[i], seed=10 + i)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, exp in enumerate(expected):
-        torch.testing.assert_close(results[i], exp, atol=0, rtol=0)
+    _assert_threads_match_sequential(up, [torch.rand(3, 20, 24 + 4 * i) for i in range(3)], [10, 11, 12])
 
 
 def test_alpha_through_network() -> None:
