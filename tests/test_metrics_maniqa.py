@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from sr4.metrics.maniqa import MANIQA, MANIQAConfig, uniform_crops
-from sr4.metrics.maniqa_blocks import relative_position_index, shifted_window_mask
 from sr4.metrics.weights import WeightsError
+from sr4.utils.windows import relative_position_index, shifted_window_mask
 
 DATA = Path(__file__).parent / "data" / "metrics" / "maniqa"
 REF = json.loads((DATA / "reference.json").read_text())

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sr4.utils.windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
+
 
 class _Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
@@ -90,43 +92,6 @@ class ViTTrunk(nn.Module):
         return [out[i] for i in taps]
 
 
-def _windows(x: torch.Tensor, w: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * H/w * W/w, w*w, C), windows in row-major order per image."""
-    b, h, wd, c = x.shape
-    x = x.view(b, h // w, w, wd // w, w, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, w * w, c)
-
-
-def _unwindows(x: torch.Tensor, w: int, h: int, wd: int) -> torch.Tensor:
-    c = x.shape[-1]
-    b = x.shape[0] // ((h // w) * (wd // w))
-    x = x.view(b, h // w, wd // w, w, w, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, wd, c)
-
-
-def relative_position_index(w: int) -> torch.Tensor:
-    """(w*w, w*w) index into the (2w-1)^2 bias table for each (query, key) pair of a window."""
-    ys, xs = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
-    dy = ys[:, None] - ys[None, :] + (w - 1)
-    dx = xs[:, None] - xs[None, :] + (w - 1)
-    return dy * (2 * w - 1) + dx
-
-
-def shifted_window_mask(h: int, wd: int, w: int, shift: int) -> torch.Tensor:
-    """(num_windows, w*w, w*w) additive mask: -100 between tokens that came from different regions
-    of the cyclically shifted map, 0 otherwise."""
-    region = torch.zeros(1, h, wd, 1)
-    label = 0
-    for ys in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
-        for xs in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
-            region[:, ys, xs, :] = label
-            label += 1
-    lab = _windows(region, w)[..., 0]
-    diff = lab[:, None, :] - lab[:, :, None]
-    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
-
-
 class WindowAttention(nn.Module):
     def __init__(self, dim: int, window: int, num_heads: int) -> None:
         super().__init__()
@@ -177,8 +142,8 @@ class SwinBlock(nn.Module):
         y = self.norm1(x).view(b, h, wd, c)
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(_windows(y, self.window), self.attn_mask)
-        y = _unwindows(y, self.window, h, wd)
+        y = self.attn(window_partition(y, self.window), self.attn_mask)
+        y = window_reverse(y, self.window, h, wd)
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         x = x + y.reshape(b, n, c)
