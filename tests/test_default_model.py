@@ -35,12 +35,7 @@ GAIN_MEASURED = 0.187  # seeds 0-3: 0.186-0.188 dB (bicubic 26.11 dB)
 MARGIN_DB = 0.10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_bundled_file_is_package_data_with_the_recorded_sha256() -> None:

@@ -35,13 +35,7 @@ def _image(name: str) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The networks here are tiny: on a busy machine thread hand-offs cost more than the arithmetic.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,7 @@ from sr4.training.losses import SRLoss
 from sr4.training.toy import make_tiny_clip
 from sr4.training.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy shared CPU
-    make each step many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

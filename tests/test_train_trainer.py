@@ -16,15 +16,7 @@ from sr4.training import checkpoint as ckpt_io
 from sr4.training.config import config_from_dict
 from sr4.training.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy shared CPU
-    make each step many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ROOT = Path(__file__).resolve().parents[1]
