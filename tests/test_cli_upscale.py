@@ -218,10 +218,11 @@ def test_pipeline_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     module.Pipeline = FakePipeline  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "sr4.pipeline.snucv", module)
     rc = main(["upscale", str(src), "-o", str(tmp_path / "o"), "--pipeline", "tsdsr", "--model-dir", "models",
-               "--latent", "mean", "--device", "cpu", "--seed", "7", "--tile", "32", "--vae-tiling", "off"])
+               "--latent", "mean", "--device", "cpu", "--seed", "7", "--tile", "32", "--vae-tiling", "off",
+               "--vae-tile-stats", "exact"])
     assert rc == 0
     assert calls == [{"model_dir": "models", "pipeline": "tsdsr", "latent": "mean", "color_fix": "wavelet",
                       "device": "cpu", "dtype": "auto", "seed": 7, "merge_lora": False, "vae_tiling": False,
-                      "upsampler_tile": 32, "upsampler_tile_overlap": 16}]
+                      "vae_tile_stats": "exact", "upsampler_tile": 32, "upsampler_tile_overlap": 16}]
     out = np.asarray(Image.open(tmp_path / "o" / "a.png"))
     np.testing.assert_array_equal(out, np.asarray(Image.open(src)).repeat(4, 0).repeat(4, 1))

@@ -77,6 +77,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                       help="merge the LoRA weights into the base weights once (faster; same output within fp error)")
     pipe.add_argument("--vae-tiling", choices=["auto", "on", "off"], default="auto",
                       help="tile the VAE encode/decode (auto: only above 2048x2048 output)")
+    pipe.add_argument("--vae-tile-stats", choices=["auto", "exact", "fast"], default="auto",
+                      help="GroupNorm statistics of VAE tiles: exact (over all tiles, as TSD-SR; tiles wait in "
+                           "host memory) or fast (from a 512 px copy; bounded memory); auto: exact on CUDA")
 
 
 @dataclass
@@ -156,6 +159,7 @@ def build_processor(args: argparse.Namespace, device: str):
     processor = Pipeline.from_model_dir(args.model_dir, pipeline=args.pipeline, latent=args.latent,
                                         color_fix=color_fix, device=device, dtype=args.dtype, seed=args.seed,
                                         merge_lora=getattr(args, "merge_lora", False), vae_tiling=vae_tiling,
+                                        vae_tile_stats=getattr(args, "vae_tile_stats", "auto"),
                                         upsampler_tile=args.tile, upsampler_tile_overlap=args.tile_overlap)
     processor.alpha_upsampler = args.alpha  # an ImageProcessor rule, the same for every pipeline
     return processor

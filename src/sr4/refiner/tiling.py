@@ -7,12 +7,11 @@ by the summed weights. One tile is run at a time, so transformer memory is set b
 
 VAE tiles: every tile is a "core" block of the output plus a halo of context around it; the net
 runs on core+halo and only the core is kept, so no blending is needed. GroupNorm layers inside
-the tiles do not use per-tile statistics (which would shift colours tile by tile): their
-per-group mean/variance are taken from one pass over a downscaled copy of the whole input (as
-the "fast" mode of the tiled-VAE hook TSD-SR ships; its exact mode instead runs all tiles in
-lockstep, which holds every tile's activations at once). Memory is bounded by the tile size
-plus the downscaled copy. Approximations: statistics of a downscaled image, a halo shorter
-than the receptive field, and the VAE mid-block attention seeing one tile instead of the image.
+the tiles do not use per-tile statistics (which would shift colours tile by tile). Here (the
+"fast" mode of the tiled-VAE hook TSD-SR ships) their per-group mean/variance come from one pass
+over a downscaled copy of the whole input, so memory is bounded by the tile size plus that copy;
+`vae_exact.py` has the exact mode. Approximations: statistics of a downscaled image, a halo
+shorter than the receptive field, and the VAE mid-block attention seeing one tile, not the image.
 """
 
 from __future__ import annotations
@@ -117,11 +116,11 @@ def plan_spans(length: int, core: int, halo: int, align: int = 1) -> list[Span]:
     return spans
 
 
-class _GroupNormStats:
+class GroupNormStats:
     """Patches every GroupNorm of a module: record per-group statistics, or normalise with them.
 
-    mode "record": normal GroupNorm, remembering each layer's per-group mean/var (batch mean).
-    mode "apply": normalise with the recorded statistics, whatever the input (a tile).
+    mode "record": normal GroupNorm, remembering each layer's per-sample, per-group mean/var.
+    mode "apply": normalise with the stored statistics (batch, groups, 1), whatever the input (a tile).
     """
 
     def __init__(self, net: nn.Module):
@@ -130,7 +129,7 @@ class _GroupNormStats:
         self.stats: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
 
     @contextlib.contextmanager
-    def patched(self) -> Iterator[_GroupNormStats]:
+    def patched(self) -> Iterator[GroupNormStats]:
         for index, layer in enumerate(self.layers):
             layer.forward = self._make_forward(index, layer)  # instance attribute shadows the class method
         try:
@@ -144,15 +143,15 @@ class _GroupNormStats:
             b, c = x.shape[:2]
             grouped = x.float().reshape(b, layer.num_groups, -1)
             if self.mode == "record":
-                mean = grouped.mean(-1).mean(0)
-                var = grouped.var(-1, unbiased=False).mean(0)
+                mean = grouped.mean(-1, keepdim=True)  # per sample, as GroupNorm
+                var = grouped.var(-1, unbiased=False, keepdim=True)
                 self.stats[index] = (mean.detach(), var.detach())
             else:
                 stored = self.stats[index]
                 if stored is None:
                     raise RuntimeError("GroupNorm statistics were not recorded before the tiled pass")
                 mean, var = stored
-            out = (grouped - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + layer.eps)
+            out = (grouped - mean) * torch.rsqrt(var + layer.eps)
             out = out.reshape(x.shape).to(x.dtype)
             if layer.affine:
                 shape = (1, c) + (1,) * (x.dim() - 2)
@@ -173,6 +172,15 @@ class VAETileConfig:
     stat_size: int  # long side of the downscaled copy that gives the GroupNorm statistics
 
 
+def vae_tile_grid(h: int, w: int, cfg: VAETileConfig) -> tuple[list[Span], list[Span]]:
+    """Row and column spans of the VAE tiles of an h x w input."""
+    core = (cfg.tile - 2 * cfg.halo) // cfg.align * cfg.align
+    if core < cfg.align:
+        raise ValueError(f"VAE tile {cfg.tile} leaves no core after a halo of {cfg.halo} on each side; "
+                         f"use a tile of at least {2 * cfg.halo + cfg.align}")
+    return plan_spans(h, core, cfg.halo, cfg.align), plan_spans(w, core, cfg.halo, cfg.align)
+
+
 def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Module, x: torch.Tensor,
                   cfg: VAETileConfig) -> torch.Tensor:
     """Run a convolutional VAE half tile by tile, every tile normalised with shared GroupNorm statistics.
@@ -181,13 +189,8 @@ def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Modul
     long side), the halo covers the net's receptive field and the net has no global attention.
     """
     h, w = x.shape[-2:]
-    core = (cfg.tile - 2 * cfg.halo) // cfg.align * cfg.align
-    if core < cfg.align:
-        raise ValueError(f"VAE tile {cfg.tile} leaves no core after a halo of {cfg.halo} on each side; "
-                         f"use a tile of at least {2 * cfg.halo + cfg.align}")
-    rows = plan_spans(h, core, cfg.halo, cfg.align)
-    cols = plan_spans(w, core, cfg.halo, cfg.align)
-    stats = _GroupNormStats(modules)
+    rows, cols = vae_tile_grid(h, w, cfg)
+    stats = GroupNormStats(modules)
     with stats.patched():
         with torch.no_grad():  # the statistics are constants: no gradient flows through them
             stats.mode = "record"
@@ -201,12 +204,12 @@ def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Modul
         stats.mode = "apply"
         out_rows = []
         for r in rows:
-            out_cols = [_crop_core(net(x[..., r.start:r.stop, c.start:c.stop]), r, c, cfg.scale) for c in cols]
+            out_cols = [crop_core(net(x[..., r.start:r.stop, c.start:c.stop]), r, c, cfg.scale) for c in cols]
             out_rows.append(torch.cat(out_cols, dim=-1))
         return torch.cat(out_rows, dim=-2)
 
 
-def _crop_core(y: torch.Tensor, r: Span, c: Span, scale: float) -> torch.Tensor:
+def crop_core(y: torch.Tensor, r: Span, c: Span, scale: float) -> torch.Tensor:
     def bounds(s: Span) -> tuple[int, int]:
         first = math.floor((s.core_start - s.start) * scale)
         last = math.floor(s.core_stop * scale) - math.floor(s.start * scale)

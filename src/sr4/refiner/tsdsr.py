@@ -24,6 +24,7 @@ from torch import nn
 from sr4.refiner.folder import ModelFolder, validate_model_folder
 from sr4.refiner.lora import TRANSFORMER_TARGETS, VAE_TARGETS, attach_lora, merge_lora, read_lora_file
 from sr4.refiner.tiling import VAETileConfig, run_latent_tiles, run_vae_tiled
+from sr4.refiner.vae_exact import decoder_steps, encoder_steps, run_vae_tiled_exact
 
 TIMESTEP = 1000.0
 
@@ -42,7 +43,11 @@ class RefinerConfig:
     vae_encoder_halo: int = 32
     vae_decoder_tile: int = 224
     vae_decoder_halo: int = 11
-    vae_stat_size: int = 512  # long side (pixels for the encoder, x8 for the decoder) of the stats pass
+    # GroupNorm statistics of VAE tiles: "exact" aggregates them over all tiles (TSD-SR's tiled mode;
+    # tile states wait in host memory), "fast" takes them from a copy downscaled to vae_stat_size px
+    # (memory bounded by the tile everywhere); "auto": exact on CUDA, fast on CPU.
+    vae_tile_stats: Literal["auto", "exact", "fast"] = "auto"
+    vae_stat_size: int = 512  # long side (pixels for the encoder, x8 for the decoder) of the fast stats pass
     clamp_input: bool = False  # TSD-SR clamps x*2-1 to [-1, 1]; SNUCV does not
 
     def __post_init__(self) -> None:
@@ -50,6 +55,8 @@ class RefinerConfig:
             raise ValueError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
         if self.latent_tile <= 0 or not 0 <= self.latent_overlap < self.latent_tile:
             raise ValueError(f"need 0 <= latent_overlap < latent_tile, got {self.latent_overlap}, {self.latent_tile}")
+        if self.vae_tile_stats not in ("auto", "exact", "fast"):
+            raise ValueError(f"vae_tile_stats must be 'auto', 'exact' or 'fast', got {self.vae_tile_stats!r}")
         for name in ("vae_encoder_tile", "vae_decoder_tile"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -151,7 +158,13 @@ class TSDSRRefiner(nn.Module):
         f = self.vae_factor
         tiles = VAETileConfig(tile=cfg.vae_encoder_tile, halo=cfg.vae_encoder_halo, align=f, scale=1.0 / f,
                               stat_size=cfg.vae_stat_size)
+        if self._exact_tile_stats(x):
+            return run_vae_tiled_exact(encoder_steps(self.vae.encoder, self.vae.quant_conv), self.vae.encoder, x, tiles)
         return run_vae_tiled(net, self.vae.encoder, x, tiles)
+
+    def _exact_tile_stats(self, x: torch.Tensor) -> bool:
+        mode = self.config.vae_tile_stats
+        return mode == "exact" or (mode == "auto" and x.device.type == "cuda")
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, *, tiled: bool | None = None
                ) -> torch.Tensor:
@@ -205,6 +218,8 @@ class TSDSRRefiner(nn.Module):
         f = self.vae_factor
         tiles = VAETileConfig(tile=cfg.vae_decoder_tile, halo=cfg.vae_decoder_halo, align=1, scale=float(f),
                               stat_size=max(1, cfg.vae_stat_size // f))
+        if self._exact_tile_stats(latent):
+            return run_vae_tiled_exact(decoder_steps(self.vae.decoder), self.vae.decoder, latent, tiles)
         return run_vae_tiled(self.vae.decoder, self.vae.decoder, latent, tiles)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *, vae_tiling: bool | None = None
