@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from refiner_fixtures import shared_tiny_model_folder
 
 pytest.importorskip("diffusers")
@@ -15,7 +17,7 @@ pytest.importorskip("sr4.networks.mambairv2")
 
 import sr4  # noqa: E402
 from sr4.pipeline.snucv import Pipeline, quantize_8bit_ste, snucv_forward, tsdsr_process_size  # noqa: E402
-from sr4.refiner.colorfix import wavelet_color_fix  # noqa: E402
+from sr4.refiner.colorfix import pil_bicubic, upsample_like_pil, wavelet_split  # noqa: E402
 from sr4.refiner.folder import ModelFolderError  # noqa: E402
 from sr4.refiner.tsdsr import RefinerConfig, TSDSRRefiner  # noqa: E402
 
@@ -90,12 +92,25 @@ def test_tsdsr_process_size_matches_original_rule():
     assert tsdsr_process_size(12, 14, process_size=64) == (64, 72)
 
 
+def _pil(x: torch.Tensor, *, truncate: bool) -> Image.Image:
+    """(3,H,W) in [0,1] -> 8-bit PIL image: truncated as torchvision's ToPILImage, or rounded."""
+    scaled = x.clamp(0, 1).permute(1, 2, 0).numpy() * 255
+    return Image.fromarray((np.floor(scaled) if truncate else np.round(scaled)).astype(np.uint8))
+
+
+def _tensor(im: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
 @torch.no_grad()
-def test_tsdsr_equals_bicubic_refiner_resize_colourfix(model_dir):
+@pytest.mark.parametrize("color_fix", ["wavelet", "adain", "none"])
+def test_tsdsr_equals_the_official_8bit_steps(model_dir, color_fix):
+    """bicubic to the working size, M, ToPILImage, Image.resize back to 4x, colour fix on ToTensor'd PIL
+    images, ToPILImage again: each step done here with Pillow and numpy."""
     pipe = Pipeline.from_model_dir(model_dir, pipeline="tsdsr", device="cpu", process_size=64, latent_tile=8,
-                                   latent_overlap=2)
-    assert pipe.color_fix == "wavelet" and pipe.upsampler is None
-    lr = _lr(13, 15, seed=1)
+                                   latent_overlap=2, color_fix=color_fix)
+    assert pipe.color_fix == color_fix and pipe.upsampler is None
+    lr = torch.round(_lr(13, 15, seed=1) * 255) / 255  # an 8-bit image, as TSD-SR reads
     out = pipe(lr[0], seed=2)
     refiner = TSDSRRefiner.from_model_dir(model_dir, config=RefinerConfig(latent_tile=8, latent_overlap=2,
                                                                           clamp_input=True))
@@ -103,9 +118,29 @@ def test_tsdsr_equals_bicubic_refiner_resize_colourfix(model_dir):
     assert (nh, nw) == (64, 72)
     x = F.interpolate(lr, size=(nh, nw), mode="bicubic", align_corners=False)
     y = refiner(x, torch.Generator().manual_seed(2))
-    y = F.interpolate(y, size=(52, 60), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    expected = wavelet_color_fix(y, lr)[0]
-    assert out.shape == (3, 52, 60) and (out - expected).abs().max() < 1e-5
+    result = _tensor(_pil(y[0], truncate=True).resize((60, 52), Image.Resampling.BICUBIC))
+    if color_fix == "wavelet":
+        reference = _tensor(_pil(lr[0], truncate=False).resize((60, 52), Image.Resampling.BICUBIC))
+        result = (wavelet_split(result)[0] + wavelet_split(reference)[1]).clamp(0, 1)
+    elif color_fix == "adain":
+        mean, std = result.mean((2, 3), keepdim=True), (result.var((2, 3), keepdim=True) + 1e-5).sqrt()
+        lr_mean, lr_std = lr.mean((2, 3), keepdim=True), (lr.var((2, 3), keepdim=True) + 1e-5).sqrt()
+        result = ((result - mean) / std * lr_std + lr_mean).clamp(0, 1)
+    expected = _tensor(_pil(result[0], truncate=True))[0]
+    assert out.shape == (3, 52, 60)
+    assert torch.equal(torch.round(out * 255), torch.round(expected * 255))
+
+
+def test_pil_bicubic_is_pillow_bit_for_bit():
+    g = torch.Generator().manual_seed(3)
+    x = torch.round(torch.rand(2, 3, 11, 17, generator=g) * 255) / 255
+    for size in ((44, 68), (7, 9), (30, 20)):  # up, down, mixed
+        ours = pil_bicubic(x, size)
+        for i in range(2):
+            ref = _tensor(_pil(x[i], truncate=False).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+            assert torch.equal(ours[i:i + 1], ref)
+    # torch's antialiased bicubic has Pillow's kernel but no 8-bit rounding between passes
+    assert (upsample_like_pil(x, (44, 68)) - pil_bicubic(x, (44, 68))).abs().max() > 0.5 / 255
 
 
 @torch.no_grad()

@@ -5,8 +5,10 @@ pipeline="snucv" (NTIRE 2025 winner): U upsamples x4 (tiled like `sr4.Upscaler`)
     training), mapped to [-1, 1] without clamping, and refined by M at full resolution on
     64-latent tiles; no colour fix by default.
 pipeline="tsdsr" (original TSD-SR): bicubic x4 (F.interpolate, align_corners=False) to a size
-    with short side >= 512 and both sides multiples of 8, M, resized back to exactly 4x, then a
-    colour fix against the LR input (wavelet by default).
+    with short side >= 512 and both sides multiples of 8, M, then TSD-SR's 8-bit finish: the result
+    truncated to 8 bits (its ToPILImage), resized back to exactly 4x with Pillow's BICUBIC, colour
+    fixed against the 8-bit LR input (wavelet by default, with Pillow's x4 of the LR as reference)
+    and truncated again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sr4.pipeline.base import ImageProcessor, ProgressFn
-from sr4.refiner.colorfix import COLOR_FIXES, apply_color_fix, upsample_like_pil
+from sr4.refiner.colorfix import (
+    COLOR_FIXES,
+    adain_color_fix,
+    apply_color_fix,
+    pil_bicubic,
+    truncate_8bit,
+    wavelet_transfer,
+)
 
 PIPELINES = ("snucv", "tsdsr")
 # Up to this many output pixels the VAE runs untiled (as SNUCV and TSD-SR do, bit for bit); larger
@@ -51,6 +60,19 @@ def tsdsr_process_size(h: int, w: int, upscale: int = 4, process_size: int = 512
         w, h = int(scale * w), int(scale * h)
     h, w = upscale * h, upscale * w
     return h - h % 8, w - w % 8
+
+
+def tsdsr_finish(refined: torch.Tensor, lr: torch.Tensor, color_fix: str) -> torch.Tensor:
+    """TSD-SR's post-processing in its own 8-bit steps: refined (B,3,h,w) at the working size and the
+    LR input (B,3,H,W) -> (B,3,4H,4W) on the k/255 grid."""
+    size = (4 * lr.shape[-2], 4 * lr.shape[-1])
+    out = pil_bicubic(truncate_8bit(refined), size)  # ToPILImage, then Image.resize when the size changed
+    lr8 = torch.round(lr.clamp(0, 1) * 255) / 255  # TSD-SR reads the LR as 8-bit RGB
+    if color_fix == "wavelet":
+        return truncate_8bit(wavelet_transfer(out, pil_bicubic(lr8, size)))
+    if color_fix == "adain":
+        return truncate_8bit(adain_color_fix(out, lr8))
+    return out
 
 
 def snucv_forward(upsampler: nn.Module, refiner: nn.Module, lr: torch.Tensor,
@@ -95,7 +117,7 @@ class Pipeline(ImageProcessor):
                        dtype: str | torch.dtype | None = "auto", seed: int = 0, *, merge_lora: bool = False,
                        latent_tile: int = 64, latent_overlap: int = 8, vae_tiling: bool | str = "auto",
                        vae_encoder_tile: int = 1024, vae_decoder_tile: int = 224, vae_encoder_halo: int = 32,
-                       vae_decoder_halo: int = 11, vae_stat_size: int = 512,
+                       vae_decoder_halo: int = 11, vae_tile_stats: str = "auto", vae_stat_size: int = 512,
                        upsampler_tile: int | str | None = "auto", upsampler_tile_overlap: int = 16,
                        upsampler_dtype: str | torch.dtype | None = "fp32", process_size: int = 512) -> Pipeline:
         """Load a SNUCV / TSD-SR model folder (SPEC §4). Every missing file is reported in one error.
@@ -103,7 +125,9 @@ class Pipeline(ImageProcessor):
         dtype applies to M (auto: fp16 on CUDA, fp32 on CPU); U runs in `upsampler_dtype` (fp32 as
         SNUCV). Tile options: latent tiles for the transformer (latents), VAE tiles (encoder in
         pixels, decoder in latents, each with a halo of context; "auto" tiles only outputs above
-        2048x2048; GroupNorm statistics come from a copy downscaled to vae_stat_size px), and U's LR tiles.
+        2048x2048; vae_tile_stats: GroupNorm statistics aggregated over all tiles ("exact", TSD-SR's
+        tiled mode), or from a copy downscaled to vae_stat_size px ("fast"); "auto" is exact on CUDA
+        and fast on CPU), and U's LR tiles.
         process_size: tsdsr only, the smallest short side M works at (TSD-SR: 512).
         """
         from sr4.refiner.folder import validate_model_folder
@@ -117,7 +141,7 @@ class Pipeline(ImageProcessor):
         config = RefinerConfig(latent=latent, seed=seed, latent_tile=latent_tile, latent_overlap=latent_overlap,
                                vae_encoder_tile=vae_encoder_tile, vae_decoder_tile=vae_decoder_tile,
                                vae_encoder_halo=vae_encoder_halo, vae_decoder_halo=vae_decoder_halo,
-                               vae_stat_size=vae_stat_size)
+                               vae_tile_stats=vae_tile_stats, vae_stat_size=vae_stat_size)
         refiner = TSDSRRefiner.from_model_dir(folder.root, device=dev, dtype=resolve_dtype(dtype, dev),
                                               merge=merge_lora, config=config, folder=folder)
         upsampler = None
@@ -158,16 +182,14 @@ class Pipeline(ImageProcessor):
             up = self.upsampler.upscale_rgb(x, generator)
             if progress:
                 progress(1, 2)
-            out = self._refine(quantize_8bit_ste(up.to(self.device)), generator)
+            out = self._refine(quantize_8bit_ste(up.to(self.device)), generator).float()
+            out = apply_color_fix(self.color_fix, out, x.to(out.device).float())
         else:
             nh, nw = tsdsr_process_size(h, w, process_size=self.process_size)
             up = F.interpolate(x.to(self.device), size=(nh, nw), mode="bicubic", align_corners=False)
             if progress:
                 progress(1, 2)
-            out = self._refine(up, generator).float()
-            if (nh, nw) != (4 * h, 4 * w):  # TSD-SR resizes its result back with Pillow's bicubic
-                out = upsample_like_pil(out, (4 * h, 4 * w)).clamp(0, 1)
-        out = apply_color_fix(self.color_fix, out.float(), x.to(out.device).float())
+            out = tsdsr_finish(self._refine(up, generator).float(), x.to(self.device).float(), self.color_fix)
         if progress:
             progress(2, 2)
         return out

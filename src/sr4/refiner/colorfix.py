@@ -8,8 +8,10 @@ Both work on float (B,3,H,W) tensors in [0,1], are differentiable, and clamp to 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 COLOR_FIXES = ("none", "wavelet", "adain")
 
@@ -30,18 +32,39 @@ def wavelet_split(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch
 
 
 def upsample_like_pil(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize with Pillow's kernel (a=-0.5, antialiased), as TSD-SR's `lr.resize(...)`."""
+    """Float, differentiable bicubic resize with Pillow's kernel (a=-0.5, antialiased); Pillow itself
+    also rounds to 8 bits between its two passes, which `pil_bicubic` reproduces exactly."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
+def truncate_8bit(x: torch.Tensor) -> torch.Tensor:
+    """x -> floor(x*255)/255: what torchvision's ToPILImage (x.mul(255).byte()) then ToTensor give."""
+    return torch.floor(x.clamp(0.0, 1.0) * 255) / 255
+
+
+def pil_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pillow's BICUBIC resize of 8-bit images, bit for bit: (B,3,H,W) floats on the k/255 grid ->
+    (B,3,*size) on the same grid (not differentiable)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    pixels = (x.detach().clamp(0.0, 1.0) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    resized = [np.asarray(Image.fromarray(p).resize((size[1], size[0]), Image.Resampling.BICUBIC)) for p in pixels]
+    out = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2)
+    return out.to(device=x.device, dtype=torch.float32) / 255
+
+
+def wavelet_transfer(sr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """SR high frequencies + low frequencies of `reference` (same size as sr), clamped to [0, 1]."""
+    high, _ = wavelet_split(sr)
+    _, low = wavelet_split(reference.to(sr.dtype))
+    return (high + low).clamp(0.0, 1.0)
+
+
 def wavelet_color_fix(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
     """SR high frequencies + low frequencies of the LR image upsampled to the SR size."""
-    ref = upsample_like_pil(lr.to(sr.dtype), tuple(sr.shape[-2:]))
-    high, _ = wavelet_split(sr)
-    _, low = wavelet_split(ref)
-    return (high + low).clamp(0.0, 1.0)
+    return wavelet_transfer(sr, upsample_like_pil(lr.to(sr.dtype), tuple(sr.shape[-2:])))
 
 
 def adain_color_fix(sr: torch.Tensor, lr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
