@@ -2,7 +2,8 @@
 
 Stages: U (MambaIRv2 x4 through sr4.Upscaler's LR tiles), M (the SD3 transformer on 64-latent
 tiles, here the tile size of the model in use), VAE (tiled encode + decode, GroupNorm statistics
-from a downscaled pass). Goal: time linear in the output size (seconds per MP flat) and working
+from a downscaled pass) and vae-exact (statistics merged over all tiles, tile states parked in
+host memory: on CUDA device memory stays flat, on CPU the parked states grow with the image). Goal: time linear in the output size (seconds per MP flat) and working
 memory flat beyond the tiles (only the full-size input/output buffers grow).
 
 Without --model-dir the tiny random models of the tests are used (CPU-sized); with a real SNUCV
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("u", "m", "vae")
+STAGES = ("u", "m", "vae", "vae-exact")
 
 
 def _rss_mb() -> float:
@@ -57,7 +58,8 @@ def measure(stage: str, out_mp: float, model_dir: Path, device: torch.device, ti
     # Tiny transformer: positional grid of 16 latents -> 16-latent tiles; real: TSD-SR's 64 / 1024 / 224.
     cfg = RefinerConfig(latent_tile=16 if tiny else 64, latent_overlap=4 if tiny else 8,
                         vae_encoder_tile=256 if tiny else 1024, vae_encoder_halo=32,
-                        vae_decoder_tile=64 if tiny else 224, vae_decoder_halo=8 if tiny else 11)
+                        vae_decoder_tile=64 if tiny else 224, vae_decoder_halo=8 if tiny else 11,
+                        vae_tile_stats="exact" if stage == "vae-exact" else "fast")
     io_bytes = 0
     with torch.no_grad():
         if stage == "u":
@@ -108,7 +110,7 @@ def measure(stage: str, out_mp: float, model_dir: Path, device: torch.device, ti
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1,4,16", help="output megapixels, comma separated (default 1,4,16)")
-    p.add_argument("--stages", default="u,m,vae", help="stages to measure: u, m, vae (default all)")
+    p.add_argument("--stages", default="u,m,vae", help="stages to measure: u, m, vae, vae-exact (default u,m,vae)")
     p.add_argument("--model-dir", type=Path, help="real SNUCV model folder (default: tiny random models)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--worker", nargs=2, metavar=("STAGE", "MP"), help=argparse.SUPPRESS)
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
     torch_threads = torch.get_num_threads()
     print(f"device {device}, {'tiny random models' if tiny else model_dir}, torch threads {torch_threads}")
-    print(f"{'stage':5} {'out MP':>7} {'seconds':>9} {'s/MP':>8} {'peak MB':>9} {'work MB':>9}")
+    print(f"{'stage':9} {'out MP':>7} {'seconds':>9} {'s/MP':>8} {'peak MB':>9} {'work MB':>9}")
     results: dict[str, list[dict]] = {}
     for stage in stages:
         for mp in sizes:
@@ -139,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row = measure(stage, mp, model_dir, device, tiny)
             results.setdefault(stage, []).append(row)
-            print(f"{stage:5} {row['mp']:7.2f} {row['seconds']:9.2f} {row['s_per_mp']:8.2f} {row['peak_mb']:9.1f} "
+            print(f"{stage:9} {row['mp']:7.2f} {row['seconds']:9.2f} {row['s_per_mp']:8.2f} {row['peak_mb']:9.1f} "
                   f"{row['work_mb']:9.1f}", flush=True)
     print("\nratios, largest vs smallest size (1.0 = linear time / flat working memory):")
     for stage, rows in results.items():
         lo, hi = rows[0], rows[-1]
         size_ratio = hi["mp"] / lo["mp"]
         work_ratio = hi["work_mb"] / lo["work_mb"] if lo["work_mb"] > 0.05 else float("nan")
-        print(f"  {stage:4} size x{size_ratio:.1f}: seconds/MP x{hi['s_per_mp'] / lo['s_per_mp']:.2f}, "
+        print(f"  {stage:9} size x{size_ratio:.1f}: seconds/MP x{hi['s_per_mp'] / lo['s_per_mp']:.2f}, "
               f"peak MB x{hi['peak_mb'] / max(lo['peak_mb'], 1e-9):.2f}, working MB x{work_ratio:.2f}")
     return 0
 
