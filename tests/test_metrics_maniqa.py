@@ -155,7 +155,10 @@ def test_real_size_network_matches_pyiqa():
     del tensors
     with torch.no_grad():
         got = model(_image("a_232x296.png"))
-    np.testing.assert_allclose(got.numpy(), ref["a"], rtol=RTOL)
+    # At this size the random recipe weights make the score ill-conditioned in float32: the same network
+    # gives 266.40 with two torch threads (pyiqa's value, bit for bit), 266.92 with one, and 265.09 in
+    # float64. So the bound is float32 noise (1%), not 1e-4; the small configurations above keep 1e-4.
+    np.testing.assert_allclose(got.numpy(), ref["a"], rtol=1e-2)
 
 
 def test_missing_file_names_path(tmp_path):
