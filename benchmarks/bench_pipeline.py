@@ -3,8 +3,9 @@
 Stages: U (MambaIRv2 x4 through sr4.Upscaler's LR tiles), M (the SD3 transformer on 64-latent
 tiles, here the tile size of the model in use), VAE (tiled encode + decode, GroupNorm statistics
 from a downscaled pass) and vae-exact (statistics merged over all tiles, tile states parked in
-host memory: on CUDA device memory stays flat, on CPU the parked states grow with the image). Goal: time linear in the output size (seconds per MP flat) and working
-memory flat beyond the tiles (only the full-size input/output buffers grow).
+host memory: on CUDA device memory stays flat, on CPU the parked states grow with the image).
+Goal: time linear in the output size (seconds per MP flat) and working memory flat beyond the
+tiles (only the full-size input/output buffers grow).
 
 Without --model-dir the tiny random models of the tests are used (CPU-sized); with a real SNUCV
 folder and a GPU the real sizes run. On CPU each measurement runs in a fresh process and reports
