@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -117,10 +118,13 @@ def plan_spans(length: int, core: int, halo: int, align: int = 1) -> list[Span]:
 
 
 class GroupNormStats:
-    """Patches every GroupNorm of a module: record per-group statistics, or normalise with them.
+    """Hooks every GroupNorm of a module while `patched()` is open: record per-group statistics, or
+    normalise with stored ones.
 
     mode "record": normal GroupNorm, remembering each layer's per-sample, per-group mean/var.
     mode "apply": normalise with the stored statistics (batch, groups, 1), whatever the input (a tile).
+    The hooks act only in the thread that opened `patched()`, so concurrent calls on one model (other
+    images, other tilings) each keep their own statistics; the modules themselves are not modified.
     """
 
     def __init__(self, net: nn.Module):
@@ -130,35 +134,38 @@ class GroupNormStats:
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[GroupNormStats]:
-        for index, layer in enumerate(self.layers):
-            layer.forward = self._make_forward(index, layer)  # instance attribute shadows the class method
+        owner = threading.get_ident()
+        handles = [layer.register_forward_hook(self._make_hook(index, owner))
+                   for index, layer in enumerate(self.layers)]
         try:
             yield self
         finally:
-            for layer in self.layers:
-                del layer.forward
+            for handle in handles:
+                handle.remove()
 
-    def _make_forward(self, index: int, layer: nn.GroupNorm) -> Callable[[torch.Tensor], torch.Tensor]:
-        def forward(x: torch.Tensor) -> torch.Tensor:
+    def _make_hook(self, index: int, owner: int) -> Callable[..., torch.Tensor | None]:
+        def hook(layer: nn.GroupNorm, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+            if threading.get_ident() != owner:
+                return None  # another thread's call: leave its GroupNorm alone
+            x = args[0]
             b, c = x.shape[:2]
             grouped = x.float().reshape(b, layer.num_groups, -1)
             if self.mode == "record":
                 mean = grouped.mean(-1, keepdim=True)  # per sample, as GroupNorm
                 var = grouped.var(-1, unbiased=False, keepdim=True)
                 self.stats[index] = (mean.detach(), var.detach())
-            else:
-                stored = self.stats[index]
-                if stored is None:
-                    raise RuntimeError("GroupNorm statistics were not recorded before the tiled pass")
-                mean, var = stored
-            out = (grouped - mean) * torch.rsqrt(var + layer.eps)
-            out = out.reshape(x.shape).to(x.dtype)
+                return None
+            stored = self.stats[index]
+            if stored is None:
+                raise RuntimeError("GroupNorm statistics were not recorded before the tiled pass")
+            mean, var = stored
+            out = ((grouped - mean) * torch.rsqrt(var + layer.eps)).reshape(x.shape).to(x.dtype)
             if layer.affine:
                 shape = (1, c) + (1,) * (x.dim() - 2)
                 out = out * layer.weight.reshape(shape) + layer.bias.reshape(shape)
             return out
 
-        return forward
+        return hook
 
 
 @dataclass(frozen=True)
