@@ -84,6 +84,10 @@ def test_small_latent_runs_in_one_call_and_thin_latent_tiles():
     calls.clear()
     run_latent_tiles(fn, torch.zeros(1, 1, 2, 30), tile=8, overlap=2, max_side=16)
     assert calls and all(c == (2, 2) for c in calls)  # side 30 > positional grid 16: tiled
+    calls.clear()
+    out = run_latent_tiles(fn, torch.rand(1, 1, 20, 24), tile=64, overlap=8, max_side=16)
+    assert calls and all(c == (16, 16) for c in calls)  # tiles shrink to the grid, not only to the image
+    assert out.shape == (1, 1, 20, 24)
 
 
 # ----------------------------------------------------------------------------- VAE tiles

@@ -75,7 +75,7 @@ def run_latent_tiles(
     h, w = z.shape[-2:]
     if h * w <= tile * tile and (max_side is None or max(h, w) <= max_side):
         return fn(z)
-    size = min(tile, h, w)
+    size = min(tile, h, w, max_side or tile)  # a tile must fit the positional grid too
     overlap = min(overlap, size // 2)  # a tile shrunk to a thin latent keeps a positive stride
     window = gaussian_tile_weights(size, size).to(device=z.device, dtype=torch.float32)
     acc = torch.zeros(z.shape, device=z.device, dtype=torch.float32)
