@@ -31,7 +31,7 @@ from sr4.pipeline.upscaler import Upscaler
 CROP = Path(__file__).parent / "data" / "default_model" / "picosdeeuropa_912_912.png"
 # Measured on this held-out crop: +GAIN_MEASURED dB over MATLAB bicubic (Y, shave 4). The test asserts
 # a margin below it, so it fails when the shipped model is no better than bicubic, not on noise.
-GAIN_MEASURED = 0.187  # seeds 0-3: 0.186-0.188 dB (bicubic 26.11 dB)
+GAIN_MEASURED = 0.199  # seeds 0-3: 0.199-0.201 dB (bicubic 26.11 dB; its photo is the hardest, +0.56 dB)
 MARGIN_DB = 0.10
 
 
