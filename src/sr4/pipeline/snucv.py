@@ -67,7 +67,7 @@ def tsdsr_finish(refined: torch.Tensor, lr: torch.Tensor, color_fix: str) -> tor
     LR input (B,3,H,W) -> (B,3,4H,4W) on the k/255 grid."""
     size = (4 * lr.shape[-2], 4 * lr.shape[-1])
     out = pil_bicubic(truncate_8bit(refined), size)  # ToPILImage, then Image.resize when the size changed
-    lr8 = torch.round(lr.clamp(0, 1) * 255) / 255  # TSD-SR reads the LR as 8-bit RGB
+    lr8 = quantize_8bit_ste(lr.clamp(0, 1))  # TSD-SR reads the LR as 8-bit RGB
     if color_fix == "wavelet":
         return truncate_8bit(wavelet_transfer(out, pil_bicubic(lr8, size)))
     if color_fix == "adain":

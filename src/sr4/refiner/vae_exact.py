@@ -167,9 +167,11 @@ def run_vae_tiled_exact(steps: list[Step], modules: nn.Module, x: torch.Tensor, 
     stats = GroupNormStats(modules)
     index = {id(layer): i for i, layer in enumerate(stats.layers)}
     stats.mode = "apply"
-    scale = 1.0  # resolution of the current stage relative to x
+    scale = 1.0  # resolution at the end of the current stage relative to x
     with stats.patched():
         for stage, barrier in _stages(steps):
+            for step in stage:
+                scale *= step.zoom
             moments = _Moments(barrier.num_groups) if barrier is not None else None
             for tile in tiles:
                 act = tile.x.to(device)
@@ -177,10 +179,9 @@ def run_vae_tiled_exact(steps: list[Step], modules: nn.Module, x: torch.Tensor, 
                 for step in stage:
                     act = step.fn(act, stack)
                 if moments is not None:
-                    moments.add(crop_core(act, tile.rows, tile.cols, scale * _zoom(stage)))
+                    moments.add(crop_core(act, tile.rows, tile.cols, scale))
                 tile.x = act.to(storage)
                 tile.stack = [t.to(storage) for t in stack]
-            scale *= _zoom(stage)
             if barrier is not None:
                 stats.stats[index[id(barrier)]] = moments.result()
     rows: dict[int, list[torch.Tensor]] = {}
@@ -188,13 +189,6 @@ def run_vae_tiled_exact(steps: list[Step], modules: nn.Module, x: torch.Tensor, 
         core_out = crop_core(tile.x, tile.rows, tile.cols, cfg.scale).to(device)
         rows.setdefault(tile.rows.core_start, []).append(core_out)
     return torch.cat([torch.cat(row, dim=-1) for row in rows.values()], dim=-2)
-
-
-def _zoom(stage: list[Step]) -> float:
-    z = 1.0
-    for step in stage:
-        z *= step.zoom
-    return z
 
 
 def _stages(steps: list[Step]) -> list[tuple[list[Step], nn.GroupNorm | None]]:
