@@ -12,6 +12,7 @@ COMMANDS = {
     "info": ("sr4.cli.info", "show the architecture detected in a checkpoint"),
     "eval": ("sr4.cli.eval", "score SR images with the NTIRE 2025 metrics"),
     "train": ("sr4.cli.train", "fine-tune the upsampler (alone or through the frozen refiner)"),
+    "serve": ("sr4.cli.serve", "local web app to compare upscalers side by side (needs sr4[web])"),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sr4.image.resize import imresize
-from sr4.metrics.learned import LEARNED, build_learned
+from sr4.metrics.learned import LEARNED, LearnedMetrics, build_learned
 from sr4.metrics.niqe import NIQEConfig, niqe
 from sr4.metrics.niqe import version_note as niqe_version
 from sr4.metrics.psnr_ssim import FidelityConfig, psnr, ssim
@@ -27,6 +27,7 @@ from sr4.metrics.score import challenge_score, missing_for_score
 
 ALL_METRICS = ("psnr", "ssim", "lpips", "dists", "niqe", "clipiqa", "maniqa", "musiq")
 LOWER_BETTER = {"lpips", "dists", "niqe"}
+FULL_REFERENCE_METRICS = ("psnr", "ssim", "lpips", "dists")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_SR_PATTERN = r"^(?P<key>.+?)(?:x4)?$"
 
@@ -155,6 +156,32 @@ def _nan_mean(vals: list[float]) -> tuple[float | None, int]:
     return (float(np.mean(good)) if good else None), len(good)
 
 
+def score_image(sr: np.ndarray, hr: np.ndarray | None, metrics: Iterable[str], learned: LearnedMetrics,
+                cfg: EvalConfig, notes: list[str]) -> dict[str, float]:
+    """The requested metrics of one HxWx3 uint8 SR image (against `hr`, same size, for the full-reference
+    ones; without `hr` those are left out). A metric that fails gives NaN and a line in `notes`."""
+    values: dict[str, float] = {}
+    sr_t = hr_t = None
+    for m in metrics:
+        if hr is None and m in FULL_REFERENCE_METRICS:
+            continue
+        try:
+            if m == "psnr":
+                values[m] = psnr(sr, hr, cfg.fidelity)
+            elif m == "ssim":
+                values[m] = ssim(sr, hr, cfg.fidelity)
+            elif m == "niqe":
+                values[m] = niqe(sr, cfg.niqe)
+            else:
+                if sr_t is None:
+                    sr_t, hr_t = to_tensor(sr), (None if hr is None else to_tensor(hr))
+                values[m] = learned.functions[m](sr_t, hr_t)
+        except (ValueError, RuntimeError) as exc:
+            values[m] = math.nan
+            notes.append(f"{m}: {exc}")
+    return values
+
+
 def evaluate_pairs(
     pairs: list[Pair],
     cfg: EvalConfig,
@@ -193,23 +220,7 @@ def evaluate_pairs(
                 continue
             sr = imresize(sr, size=hr.shape[:2])
             notes.append(msg + "; SR resized to the HR size (MATLAB bicubic)")
-        values: dict[str, float] = {}
-        sr_t = hr_t = None
-        for m in active:
-            try:
-                if m == "psnr":
-                    values[m] = psnr(sr, hr, cfg.fidelity)
-                elif m == "ssim":
-                    values[m] = ssim(sr, hr, cfg.fidelity)
-                elif m == "niqe":
-                    values[m] = niqe(sr, cfg.niqe)
-                else:
-                    if sr_t is None:
-                        sr_t, hr_t = to_tensor(sr), to_tensor(hr)
-                    values[m] = learned.functions[m](sr_t, hr_t)
-            except (ValueError, RuntimeError) as exc:
-                values[m] = math.nan
-                notes.append(f"{m}: {exc}")
+        values = score_image(sr, hr, active, learned, cfg, notes)
         results.append(ImageResult(pair.key, pair.sr, pair.hr, sr.shape[1], sr.shape[0], values, notes))
 
     averages: dict[str, float | None] = {}
