@@ -105,6 +105,7 @@ def test_page_and_every_asset_are_served_from_the_package(server, client):
 
 # ---------------------------------------------------------------------- results equal sr4 upscale
 
+@pytest.mark.slow  # the first default-model run of the process compiles the numba scan
 def test_results_are_the_bytes_sr4_upscale_writes_and_niqe_is_sr4s(server, client, tmp_path):
     image, src = _upload(client, tmp_path, "my photo.png", h=40, w=36)
     reply = client.submit(image, ["bicubic", "default"], seed=3)
@@ -437,6 +438,7 @@ def _start_cli(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str, Path]
     return proc, url, temp
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cli_serves_and_removes_its_temporary_folder_on_signals(tmp_path, sig):
     host = "127.0.0.1" if sig == signal.SIGTERM else "127.0.0.2"  # another address: served, with a warning
