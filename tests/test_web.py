@@ -214,7 +214,8 @@ BAD_UPLOADS = {
     "svg": (b'<svg xmlns="http://www.w3.org/2000/svg"><rect/></svg>', 415, "not an image sr4 reads"),
     "zip": (b"PK\x03\x04" + b"\0" * 100, 415, "not an image sr4 reads"),
     "png signature then garbage": (b"\x89PNG\r\n\x1a\n" + b"\x13" * 200, 400, "not a readable PNG"),
-    "decompression bomb": (_bomb_png(), 400, "decompression bomb"),
+    # Pillow's guard or sr4's pixel limit, whichever reads the header first: both name the bomb.
+    "decompression bomb": (_bomb_png(), 400, "decompression.bomb"),
     "too large": (b"\x89PNG\r\n\x1a\n" + b"\0" * (MAX_UPLOAD + 10), 413, "larger than this server's limit"),
 }
 
@@ -226,7 +227,7 @@ def test_bad_uploads_get_one_sentence_and_leave_nothing(server, client, kind):
     reply = client.upload(data, "evil.png")
     assert reply.status == status, reply.body
     message = reply.json()["error"]
-    assert message.startswith("evil.png: ") and words in message and "\n" not in message
+    assert message.startswith("evil.png: ") and re.search(words, message) and "\n" not in message
     assert str(server.state.root) not in message
     assert sorted(p.name for p in server.state.root.iterdir()) == before
     assert client.state()["images"] == []

@@ -120,6 +120,18 @@ def _results(driver) -> list[dict]:
         });""")
 
 
+def _drop(driver, url: str) -> None:
+    """Drop the body of `url` on the page as a file named dropped.png, as a drag from the desktop does."""
+    driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0]).then(r => r.blob()).then(blob => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([blob], "dropped.png", {type: "image/png"}));
+          window.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+          done(true);
+        });""", url)
+
+
 def _sr4_upscale(src: Path, out: Path, *options: str) -> bytes:
     assert main(["upscale", str(src), "-o", str(out), "--ext", "png", "--tile", "32", "--tile-overlap", "4",
                  "--seed", str(SEED), *options]) == 0
@@ -219,25 +231,11 @@ def test_compare_two_candidates_in_a_real_browser(server, browser, downloads, ph
     d.find_element(By.ID, "error-close").click()
 
     # Drag and drop: a dropped file is uploaded like a chosen one.
-    d.execute_async_script("""
-        const done = arguments[arguments.length - 1];
-        fetch(arguments[0]).then(r => r.blob()).then(blob => {
-          const dt = new DataTransfer();
-          dt.items.add(new File([blob], "dropped.png", {type: "image/png"}));
-          window.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
-          done(true);
-        });""", server.url + "/api/config")  # JSON: refused by its content, whatever its name says
+    _drop(d, server.url + "/api/config")  # JSON: refused by its content, whatever its name says
     _wait(d, lambda d: d.find_element(By.ID, "error").is_displayed(), 10, "dropped non-image refused")
     assert d.find_element(By.ID, "error-text").text.startswith("dropped.png: not an image")
     d.find_element(By.ID, "error-close").click()
-    d.execute_async_script("""
-        const done = arguments[arguments.length - 1];
-        fetch(arguments[0]).then(r => r.blob()).then(blob => {
-          const dt = new DataTransfer();
-          dt.items.add(new File([blob], "dropped.png", {type: "image/png"}));
-          window.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
-          done(true);
-        });""", d.find_element(By.CSS_SELECTOR, "#images li img").get_attribute("src"))
+    _drop(d, d.find_element(By.CSS_SELECTOR, "#images li img").get_attribute("src"))
     _wait(d, lambda d: any("dropped.png" in li.text for li in d.find_elements(By.CSS_SELECTOR, "#images li")), 20)
 
     # A second tab has its own workspace and works while the first keeps its images.

@@ -236,6 +236,10 @@ function renderVariants() {
   const list = variants();
   const im = currentImage();
   $("placeholder").hidden = !!im;
+  // Rebuilt only when the set of images changes, so polling does not close an open menu.
+  const signature = JSON.stringify([app.current, app.mode, list.map((v) => [v.key, v.label])]);
+  if (signature === app.variantSignature) return;
+  app.variantSignature = signature;
   const keys = new Set(list.map((v) => v.key));
   const defaults = defaultPicks(list);
   for (const side of ["left", "right"]) {
@@ -250,9 +254,8 @@ function renderVariants() {
   // The stage: the size every variant is drawn at (the HR size, else 4x the LR).
   let W = 0, H = 0;
   if (im) {
-    const r = im.results.find((x) => true);
     if (im.reference) { W = im.reference.width; H = im.reference.height; }
-    else if (r) { W = Math.max(...im.results.map((x) => x.width)); H = Math.max(...im.results.map((x) => x.height)); }
+    else if (im.results.length) { W = Math.max(...im.results.map((x) => x.width)); H = Math.max(...im.results.map((x) => x.height)); }
     else { W = im.width * 4; H = im.height * 4; }
   }
   const resized = W !== app.view.W || H !== app.view.H;
@@ -451,7 +454,9 @@ async function start() {
   $("run").addEventListener("click", runCandidates);
   $("seed-random").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 31); });
   for (const side of ["left", "right"]) {
-    $(side).addEventListener("change", (e) => { app.picks[side] = e.target.value; app.picks[side + "Auto"] = false; renderVariants(); });
+    $(side).addEventListener("change", (e) => {
+      app.picks[side] = e.target.value; app.picks[side + "Auto"] = false; app.variantSignature = null; renderVariants();
+    });
   }
   for (const b of document.querySelectorAll("[data-zoom]")) b.addEventListener("click", () => setZoom(b.dataset.zoom === "fit" ? "fit" : Number(b.dataset.zoom)));
   $("mode-compare").addEventListener("click", () => setMode("compare"));
