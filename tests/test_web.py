@@ -483,3 +483,30 @@ def test_cli_refuses_a_missing_model_and_a_missing_extra(tmp_path, monkeypatch, 
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert main(["serve"]) == 2
     assert "pip install 'sr4[web]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # builds a tiny SD3 model folder
+def test_snucv_candidate_of_a_model_folder_equals_sr4_upscale(tmp_path):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("peft")
+    from refiner_fixtures import shared_tiny_model_folder
+
+    model_dir = shared_tiny_model_folder()
+    config = WebConfig(candidates=tuple(list_candidates(model_dir=model_dir)),
+                       processor=ProcessorOptions(device="cpu", tile=32, tile_overlap=4),
+                       weights_dir=str(tmp_path), temp_parent=str(tmp_path))
+    assert [(c.id, c.unavailable) for c in config.candidates[2:]] == [("snucv", None), ("tsdsr", None)]
+    served = serve(config)
+    try:
+        client = Client(served)
+        client.open_workspace()
+        image, src = _upload(client, tmp_path, "lr.png", h=12, w=14, seed=3)
+        client.submit(image, ["snucv"], seed=2)
+        state = client.wait_idle(120)
+        assert state["jobs"][0]["state"] == "done", state["jobs"][0]["error"]
+        result = _results(state, image)["snucv:2"]
+        expected = _sr4_upscale(src, tmp_path / "cli", "--pipeline", "snucv", "--model-dir", str(model_dir),
+                                "--seed", "2", "--device", "cpu")
+        assert client.request("GET", result["url"]).body == expected
+    finally:
+        served.stop()
