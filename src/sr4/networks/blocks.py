@@ -650,6 +650,13 @@ class MambaIRv2Base(nn.Module):
             if isinstance(module, SelectiveScanParams):
                 module.backend = backend
 
+    def noise_draws(self, height: int, width: int, batch: int = 1) -> list[int]:
+        """How many routing-noise values each random call of a forward over a (batch, C, height, width) input
+        draws, in call order: one ``exponential_`` of (batch, padded pixels, num_tokens) per ASSM."""
+        ws = self.window_size
+        pixels = -(-height // ws) * ws * (-(-width // ws) * ws)
+        return [batch * pixels * m.num_tokens for m in self.modules() if isinstance(m, ASSM)]
+
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         # Mirror padding by concatenating the flipped image (not reflect: the edge row repeats).
         h, w = x.shape[-2:]
