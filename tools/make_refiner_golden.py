@@ -42,14 +42,14 @@ MODEL_SEED = 12
 # name -> pipeline, input images {file: (height, width, seed)}, official options, sr4 options.
 CASES: dict[str, dict] = {
     "snucv_160x104": dict(pipeline="snucv", inputs={"lr_160x104.png": (104, 160, 1)}, seed=5,
-                          note="SNUCV, LR larger than one 128 px U tile (the old CPU auto tile)"),
+                          note="SNUCV, LR 160x104 (larger than the 128 px U tile sr4 used to pick on a CPU)"),
     "snucv_thin": dict(pipeline="snucv", inputs={"lr_24x700.png": (24, 700, 2)}, seed=6,
-                       note="SNUCV, 12 x 350 latent: thin latent tiles"),
+                       note="SNUCV, LR 700x24: a 12 x 350 latent (thin latent tiles)"),
     "snucv_odd": dict(pipeline="snucv", inputs={"lr_21x17.png": (17, 21, 3)}, seed=7,
-                      note="SNUCV, odd LR size (output resized back from the VAE's floor)"),
+                      note="SNUCV, odd LR size 21x17 (VAE floors, output resized back)"),
     "snucv_folder_seeded_once": dict(pipeline="snucv", inputs={"a.png": (20, 24, 4), "b.png": (17, 21, 3)}, seed=8,
                                      sr4=dict(seed_stream="run"),
-                                     note="SNUCV folder run, one random stream across two images"),
+                                     note="SNUCV folder run seeded once, two images"),
     "tsdsr_wavelet": dict(pipeline="tsdsr", inputs={"lr_40x30.png": (30, 40, 9)}, seed=10,
                           note="TSD-SR defaults (wavelet colour fix, process size 512)"),
     "tsdsr_adain": dict(pipeline="tsdsr", inputs={"lr_40x30.png": (30, 40, 9)}, seed=10,
@@ -60,9 +60,10 @@ CASES: dict[str, dict] = {
                                       "--vae_decoder_tiled_size", "32"],
                             sr4=dict(vae_tiling=True, vae_tile_stats="tsdsr", vae_encoder_tile=256,
                                      vae_decoder_tile=32),
-                            note="TSD-SR's tiled VAE forced on (encoder tile 256 px, decoder 32 latents)"),
+                            note="TSD-SR's tiled VAE forced on (`--is_use_tile`, encoder tile 256 px, "
+                                 "decoder 32 latents)"),
     "tsdsr_x2": dict(pipeline="tsdsr", inputs={"lr_40x30.png": (30, 40, 9)}, seed=10,
-                     official=["--upscale", "2"], sr4=dict(upscale=2), note="TSD-SR, --upscale 2"),
+                     official=["--upscale", "2"], sr4=dict(upscale=2), note="TSD-SR `--upscale 2`"),
 }
 # Where official SNUCV stops: an odd latent side meets SD3's 2x2 patches.
 CRASH_CASE = dict(pipeline="snucv", inputs={"lr_33x27.png": (27, 33, 11)}, seed=5)
@@ -331,6 +332,7 @@ def fidelity_table(record: dict, out: Path, model: Path) -> None:
     VAE modes against the untiled result; printed as README's table and stored in the record."""
     rows = []
     for name, case in record["cases"].items():
+        case["note"] = CASES.get(name, case)["note"]
         inputs = {file: out / f["input"] for file, f in case["files"].items()}
         official = {file: _read(out / f["official"]) for file, f in case["files"].items()}
         mine = _sr4_outputs({**case, "sr4": case["sr4_options"]}, model, inputs, {})
@@ -352,12 +354,45 @@ def fidelity_table(record: dict, out: Path, model: Path) -> None:
                                               official_untiled)),
             "exact (sr4)": _rounded(_distance(exact, official_untiled)),
         }
+        record["tiled_vae_encoder_latent_mean_vs_untiled"] = _latent_distances(model, inputs)
     print("| case | sr4 options | max | mean |")
     print("|---|---|---|---|")
     for _name, note, options, worst, mean in rows:
-        shown = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "defaults"
-        print(f"| {note} | {shown} | {worst} | {mean:.4f} |")
+        shown = ", ".join(f"{k}={_literal(v)}" for k, v in options.items())
+        print(f"| {note} | {f'`{shown}`' if shown else 'defaults'} | {worst} | {f'{mean:.4f}' if mean else '0'} |")
     print(json.dumps(record.get("tiled_vae_vs_untiled"), indent=1))
+    print(json.dumps(record.get("tiled_vae_encoder_latent_mean_vs_untiled"), indent=1))
+
+
+def _latent_distances(model: Path, inputs: dict[str, Path]) -> dict:
+    """Encoder latent mean of each tiled mode (encoder tile 256 px) against the untiled encoder, on the TSD-SR
+    working-size input of the tiled-VAE case."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from sr4.pipeline.snucv import tsdsr_process_size
+    from sr4.refiner.tsdsr import RefinerConfig, TSDSRRefiner
+
+    with Image.open(next(iter(inputs.values()))) as im:
+        lr = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    x = F.interpolate(lr, size=tsdsr_process_size(*lr.shape[-2:]), mode="bicubic", align_corners=False)
+    x = (x * 2 - 1).clamp(-1, 1)
+    out = {}
+    with torch.no_grad():
+        refiner = TSDSRRefiner.from_model_dir(model)
+        reference = refiner._encoder_moments(x, tiled=False).chunk(2, dim=1)[0]
+        for mode in ("tsdsr", "exact"):
+            refiner.config = RefinerConfig(vae_tile_stats=mode, vae_encoder_tile=256)
+            mean = refiner._encoder_moments(x, tiled=True).chunk(2, dim=1)[0]
+            diff = (mean - reference).abs()
+            out[mode] = {"max": round(diff.max().item(), 4), "mean": round(diff.mean().item(), 4),
+                         "latent_std": round(reference.std().item(), 4)}
+    return out
+
+
+def _literal(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def _rounded(d: tuple[int, float]) -> dict:

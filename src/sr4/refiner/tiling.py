@@ -7,11 +7,12 @@ by the summed weights. One tile is run at a time, so transformer memory is set b
 
 VAE tiles: every tile is a "core" block of the output plus a halo of context around it; the net
 runs on core+halo and only the core is kept, so no blending is needed. GroupNorm layers inside
-the tiles do not use per-tile statistics (which would shift colours tile by tile). Here (the
-"fast" mode of the tiled-VAE hook TSD-SR ships) their per-group mean/variance come from one pass
-over a downscaled copy of the whole input, so memory is bounded by the tile size plus that copy;
-`vae_exact.py` has the exact mode. Approximations: statistics of a downscaled image, a halo
-shorter than the receptive field, and the VAE mid-block attention seeing one tile, not the image.
+the tiles do not use per-tile statistics (which would shift colours tile by tile). Here (sr4's
+"fast" mode, after the idea of the hook's fast mode, which TSD-SR's script leaves off) their
+per-group mean/variance come from one pass over a downscaled copy of the whole input, so memory is
+bounded by the tile size plus that copy; `vae_exact.py` has the exact mode, `vae_tsdsr.py` TSD-SR's.
+Approximations: statistics of a downscaled image, a halo shorter than the receptive field, and the
+VAE mid-block attention seeing one tile, not the image.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""VAE tiles with exact GroupNorm statistics (the "exact" mode of TSD-SR's tiled VAE, done here
-stage by stage).
+"""VAE tiles with exact GroupNorm statistics, stage by stage (sr4's "exact" mode; TSD-SR's own tiled VAE,
+which averages per-tile statistics instead, is `vae_tsdsr.py`, on the same staged runner).
 
 A GroupNorm needs the mean/variance of the whole feature map, which no single tile has. So the
 diffusers encoder/decoder is unrolled into a flat list of steps, cut at every GroupNorm. Each
