@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
-import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,8 +14,6 @@ from sr4.pipeline.base import ImageProcessor, ProgressFn
 from sr4.pipeline.tiling import TileOptions, auto_tile_size, fits_untiled, upscale_with_fallback
 from sr4.utils.device import resolve_device, resolve_dtype
 from sr4.utils.rng import advance_generator
-
-log = logging.getLogger(__name__)
 
 #: `model` value that asks for plain bicubic x4 (no network) instead of the bundled default.
 BICUBIC = "bicubic"
@@ -132,15 +129,18 @@ class Upscaler(ImageProcessor):
         """Leave `generator` where one pass over an h x w image would: rewind, then draw what that pass draws."""
         draws = getattr(self.model, "noise_draws", None)
         if draws is None:
-            _warn_once(f"{type(self.model).__name__} does not state its random draws (noise_draws); after tiles the "
-                       "generator is not where one pass would leave it, so later draws depend on the tiling")
+            # Python shows a warning once per place by default
+            warnings.warn(f"{type(self.model).__name__} does not state its random draws (noise_draws); after tiles "
+                          "the generator is not where one pass would leave it, so later draws depend on the tiling",
+                          RuntimeWarning, stacklevel=3)
             return
         counts = draws(max(h, self.min_size), max(w, self.min_size))
         # noise is drawn where the generator lives; in fp32 when that is not the model's device
         dtype = self.dtype if generator.device == self._device else torch.float32
         generator.set_state(start)
         if not advance_generator(generator, counts, dtype):
-            _warn_once(f"cannot replay random draws on {generator.device.type}; later draws depend on the tiling")
+            warnings.warn(f"cannot replay random draws on {generator.device.type}; later draws depend on the tiling",
+                          RuntimeWarning, stacklevel=3)
 
 
 def _accepts_generator(module: nn.Module) -> bool:
@@ -149,8 +149,3 @@ def _accepts_generator(module: nn.Module) -> bool:
     except (TypeError, ValueError):
         return False
     return "generator" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    log.warning(message)

@@ -12,7 +12,8 @@ stream the refiner samples from is then the same whatever the tiling.
   (aten/src/ATen/native/cuda/DistributionTemplates.h: blocks of 256 threads, at most
   multiProcessorCount x maxThreadsPerMultiProcessor / 256 blocks, 4 values per thread and round for float
   types, 2 for double, 4 offset units per round). Not testable without a GPU here: the CPU test suite checks
-  the arithmetic only.
+  the arithmetic only (tests/test_rng.py has the GPU check, skipped without CUDA). A single draw of more than
+  2^31 values, which ATen splits into parts that each move the offset again, is not modelled.
 """
 
 from __future__ import annotations
