@@ -57,9 +57,10 @@ def measure(stage: str, out_mp: float, model_dir: Path, device: torch.device, ti
     side = max(64, int(round(math.sqrt(out_mp * 1e6) / 64)) * 64)  # output side, multiple of 64
     dtype = torch.float32 if device.type == "cpu" else torch.float16
     # Tiny transformer: positional grid of 16 latents -> 16-latent tiles; real: TSD-SR's 64 / 1024 / 224.
+    # VAE tile sizes exclude the halo (TSD-SR's meaning): tiny tiles of 256 px / 64 latents with their halos.
     cfg = RefinerConfig(latent_tile=16 if tiny else 64, latent_overlap=4 if tiny else 8,
-                        vae_encoder_tile=256 if tiny else 1024, vae_encoder_halo=32,
-                        vae_decoder_tile=64 if tiny else 224, vae_decoder_halo=8 if tiny else 11,
+                        vae_encoder_tile=192 if tiny else 1024, vae_encoder_halo=32,
+                        vae_decoder_tile=48 if tiny else 224, vae_decoder_halo=8 if tiny else 11,
                         vae_tile_stats="exact" if stage == "vae-exact" else "fast")
     io_bytes = 0
     with torch.no_grad():

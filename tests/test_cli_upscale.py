@@ -221,8 +221,22 @@ def test_pipeline_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
                "--latent", "mean", "--device", "cpu", "--seed", "7", "--tile", "32", "--vae-tiling", "off",
                "--vae-tile-stats", "exact"])
     assert rc == 0
+    defaults = {"vae_encoder_tile": 1024, "vae_decoder_tile": 224, "latent_tile": 64, "latent_overlap": 8,
+                "process_size": 512, "upscale": 4, "seed_stream": "image"}
     assert calls == [{"model_dir": "models", "pipeline": "tsdsr", "latent": "mean", "color_fix": "wavelet",
                       "device": "cpu", "dtype": "auto", "seed": 7, "merge_lora": False, "vae_tiling": False,
-                      "vae_tile_stats": "exact", "upsampler_tile": 32, "upsampler_tile_overlap": 16}]
+                      "vae_tile_stats": "exact", "upsampler_tile": 32, "upsampler_tile_overlap": 16, **defaults}]
     out = np.asarray(Image.open(tmp_path / "o" / "a.png"))
     np.testing.assert_array_equal(out, np.asarray(Image.open(src)).repeat(4, 0).repeat(4, 1))
+    # TSD-SR's own options, each with its official meaning
+    calls.clear()
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o2"), "--pipeline", "tsdsr", "--model-dir", "models",
+                 "--device", "cpu", "--vae-tiling", "on", "--vae-tile-stats", "tsdsr", "--vae-encoder-tile", "256",
+                 "--vae-decoder-tile", "32", "--latent-tile", "32", "--latent-overlap", "4", "--process-size", "256",
+                 "--upscale", "2", "--seed-stream", "run"]) == 0
+    assert {k: calls[0][k] for k in (*defaults, "vae_tile_stats", "vae_tiling")} == {
+        "vae_encoder_tile": 256, "vae_decoder_tile": 32, "latent_tile": 32, "latent_overlap": 4, "process_size": 256,
+        "upscale": 2, "seed_stream": "run", "vae_tile_stats": "tsdsr", "vae_tiling": True}
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o3"), "--pipeline", "snucv", "--model-dir", "models",
+                 "--upscale", "2"]) == 2
+    assert "--upscale applies to --pipeline tsdsr" in capsys.readouterr().err

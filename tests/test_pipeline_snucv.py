@@ -217,8 +217,8 @@ def test_cli_refiner_options_reach_the_pipeline(model_dir, tmp_path):
 def test_snucv_with_all_tiling_on_odd_sizes(model_dir, snucv, stats):
     """U, latent and VAE tiles together on a 52x60 output (sides not multiples of 8 or 16)."""
     tiled = Pipeline.from_model_dir(model_dir, device="cpu", upsampler_tile=8, upsampler_tile_overlap=2,
-                                    latent_tile=4, latent_overlap=1, vae_tiling=True, vae_encoder_tile=40,
-                                    vae_encoder_halo=8, vae_decoder_tile=5, vae_decoder_halo=1, vae_tile_stats=stats)
+                                    latent_tile=4, latent_overlap=1, vae_tiling=True, vae_encoder_tile=24,
+                                    vae_encoder_halo=8, vae_decoder_tile=3, vae_decoder_halo=1, vae_tile_stats=stats)
     lr = _lr(13, 15, seed=6)[0]
     out = tiled(lr, seed=0)
     assert out.shape == (3, 52, 60) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1

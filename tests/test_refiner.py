@@ -307,9 +307,9 @@ def test_bad_embeddings_are_named(model_dir, tmp_path):
 @torch.no_grad()
 def test_tiling_options_are_exact_when_the_image_fits_one_tile(model_dir, refiner):
     tiled = TSDSRRefiner(refiner.transformer, refiner.vae, refiner.prompt_embeds, refiner.pooled_embeds,
-                         RefinerConfig(latent_tile=6, latent_overlap=2, vae_tiling=True, vae_encoder_tile=48,
-                                       vae_encoder_halo=8, vae_decoder_tile=6, vae_decoder_halo=1))
-    x = _image(48, 40, seed=8)  # latent 6x5: area 30 <= 36, sides <= the encoder and decoder tiles
+                         RefinerConfig(latent_tile=6, latent_overlap=2, vae_tiling=True, vae_encoder_tile=32,
+                                       vae_encoder_halo=8, vae_decoder_tile=4, vae_decoder_halo=1))
+    x = _image(48, 40, seed=8)  # latent 6x5: area 30 <= 36, sides <= the encoder and decoder tiles plus their halos
     assert torch.equal(tiled(x, torch.Generator().manual_seed(1)), refiner(x, torch.Generator().manual_seed(1)))
     # larger than one VAE tile: runs tiled and stays in [0, 1] with the right size
     y = tiled(_image(64, 72, seed=9), torch.Generator().manual_seed(1))
@@ -324,8 +324,8 @@ def test_vae_tile_statistics_modes(refiner):
     mean 0.05 on [0, 1], measured 0.038 exact, 0.040 fast)."""
     def build(mode):
         return TSDSRRefiner(refiner.transformer, refiner.vae, refiner.prompt_embeds, refiner.pooled_embeds,
-                            RefinerConfig(latent="mean", vae_tiling=True, vae_encoder_tile=96, vae_encoder_halo=40,
-                                          vae_decoder_tile=12, vae_decoder_halo=5, vae_tile_stats=mode))
+                            RefinerConfig(latent="mean", vae_tiling=True, vae_encoder_tile=16, vae_encoder_halo=40,
+                                          vae_decoder_tile=2, vae_decoder_halo=5, vae_tile_stats=mode))
 
     x = _image(128, 144, seed=9)
     outs = {mode: build(mode)(x) for mode in ("auto", "fast", "exact")}

@@ -343,3 +343,33 @@ def test_adain_matches_lr_moments_and_dispatch():
     assert torch.equal(apply_color_fix("adain", sr, lr), out)
     with pytest.raises(ValueError, match="colour fix"):
         apply_color_fix("bogus", sr, lr)
+
+
+# ----------------------------------------------------------------------------- official rules
+
+
+def test_thin_latent_tiles_keep_the_official_overlap():
+    """12 x 350 latents (area > 64 x 64): 12-latent tiles with TSD-SR's overlap 8, i.e. a stride of 4; only a
+    side at or below the overlap (where TSD-SR's grid loop never ends) halves it."""
+    z = torch.arange(12 * 350, dtype=torch.float32).reshape(1, 1, 12, 350)
+    calls = []
+    run_latent_tiles(lambda t: calls.append(tuple(t.shape[-2:])) or t, z, tile=64, overlap=8, max_side=64)
+    assert set(calls) == {(12, 12)} and len(calls) == len(tile_offsets(350, 12, 8))
+    assert tile_offsets(350, 12, 8)[:3] == [0, 4, 8]
+    assert tile_offsets(350, 12, 8)[-1] == 338
+    calls.clear()
+    run_latent_tiles(lambda t: calls.append(tuple(t.shape[-2:])) or t, torch.zeros(1, 1, 8, 600), tile=64, overlap=8)
+    assert set(calls) == {(8, 8)} and len(calls) == len(tile_offsets(600, 8, 4))
+
+
+def test_tsdsr_vae_grid_follows_the_official_split():
+    """TSD-SR's utils/vaehook.py split, worked by hand: 680 px, tile 256, padding 32 -> ceil(616/256) = 3 cores of
+    ceil(616/3) = 206, enlarged to the next multiple of 32 within the tile: 224; cores start at the padding and
+    the border cores reach the border."""
+    from sr4.refiner.tiling import Span
+    from sr4.refiner.vae_tsdsr import tsdsr_needs_tiles, tsdsr_spans
+
+    assert tsdsr_spans(680, 256, 32) == [Span(0, 288, 0, 256), Span(224, 512, 256, 480), Span(448, 680, 480, 680)]
+    # decoder: 85 latents, tile 32, padding 11 -> ceil(63/32) = 2 cores of 32 (already a multiple of 32)
+    assert tsdsr_spans(85, 32, 11) == [Span(0, 54, 0, 43), Span(32, 85, 43, 85)]
+    assert not tsdsr_needs_tiles(320, 100, 256, 32) and tsdsr_needs_tiles(321, 100, 256, 32)

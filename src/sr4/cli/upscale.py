@@ -30,6 +30,16 @@ def _tile_arg(text: str) -> int | str | None:
     return None if value == 0 else value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -77,9 +87,26 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                       help="merge the LoRA weights into the base weights once (faster; same output within fp error)")
     pipe.add_argument("--vae-tiling", choices=["auto", "on", "off"], default="auto",
                       help="tile the VAE encode/decode (auto: only above 2048x2048 output)")
-    pipe.add_argument("--vae-tile-stats", choices=["auto", "exact", "fast"], default="auto",
-                      help="GroupNorm statistics of VAE tiles: exact (over all tiles, as TSD-SR; tiles wait in "
-                           "host memory) or fast (from a 512 px copy; bounded memory); auto: exact on CUDA")
+    pipe.add_argument("--vae-tile-stats", choices=["auto", "exact", "fast", "tsdsr"], default="auto",
+                      help="VAE tiles: exact (the whole image's GroupNorm statistics; tiles wait in host memory), "
+                           "fast (statistics from a 512 px copy; bounded memory), tsdsr (TSD-SR's own tiled VAE, "
+                           "to reproduce its --is_use_tile outputs); auto: exact on CUDA, fast on CPU")
+    pipe.add_argument("--vae-encoder-tile", type=_positive_int, default=1024, metavar="PX",
+                      help="VAE encoder tile in pixels, without its 32 px halo (TSD-SR's --vae_encoder_tiled_size)")
+    pipe.add_argument("--vae-decoder-tile", type=_positive_int, default=224, metavar="LATENTS",
+                      help="VAE decoder tile in latents, without its 11-latent halo (--vae_decoder_tiled_size)")
+    pipe.add_argument("--latent-tile", type=_positive_int, default=64, metavar="LATENTS",
+                      help="transformer tile in latents (TSD-SR's --latent_tiled_size, default 64)")
+    pipe.add_argument("--latent-overlap", type=int, default=8, metavar="LATENTS",
+                      help="latents neighbouring transformer tiles share (--latent_tiled_overlap, default 8)")
+    pipe.add_argument("--process-size", type=_positive_int, default=512, metavar="PX",
+                      help="tsdsr: smallest short side the refiner works at (TSD-SR's --process_size, default 512)")
+    pipe.add_argument("--upscale", type=_positive_int, default=4, metavar="N",
+                      help="tsdsr: upscaling factor (TSD-SR's --upscale, default 4; snucv is x4)")
+    pipe.add_argument("--seed-stream", choices=["image", "run"], default="image",
+                      help="image: each image seeded afresh with --seed (default; results do not depend on the "
+                           "order); run: seeded once, one random stream across the images in order, as an official "
+                           "folder run after one torch.manual_seed")
 
 
 @dataclass
@@ -156,11 +183,16 @@ def build_processor(args: argparse.Namespace, device: str):
     color_fix = args.color_fix or ("wavelet" if args.pipeline == "tsdsr" else "none")
     vae_tiling = {"auto": "auto", "on": True, "off": False}[getattr(args, "vae_tiling", "auto")]
     # --tile / --tile-overlap size the upsampler's tiles; the refiner keeps TSD-SR's latent tiles.
+    # Options other front ends (sr4 eval --lr-dir) may not have fall back to their defaults.
+    options = {"merge_lora": False, "vae_tile_stats": "auto", "vae_encoder_tile": 1024, "vae_decoder_tile": 224,
+               "latent_tile": 64, "latent_overlap": 8, "process_size": 512, "upscale": 4, "seed_stream": "image"}
+    options = {key: getattr(args, key, default) for key, default in options.items()}
+    if args.pipeline == "snucv" and options["upscale"] != 4:
+        raise ValueError("--upscale applies to --pipeline tsdsr; snucv upscales x4 (its upsampler's factor)")
     processor = Pipeline.from_model_dir(args.model_dir, pipeline=args.pipeline, latent=args.latent,
                                         color_fix=color_fix, device=device, dtype=args.dtype, seed=args.seed,
-                                        merge_lora=getattr(args, "merge_lora", False), vae_tiling=vae_tiling,
-                                        vae_tile_stats=getattr(args, "vae_tile_stats", "auto"),
-                                        upsampler_tile=args.tile, upsampler_tile_overlap=args.tile_overlap)
+                                        vae_tiling=vae_tiling, upsampler_tile=args.tile,
+                                        upsampler_tile_overlap=args.tile_overlap, **options)
     processor.alpha_upsampler = args.alpha  # an ImageProcessor rule, the same for every pipeline
     return processor
 

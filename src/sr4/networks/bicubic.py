@@ -25,6 +25,10 @@ class BicubicUpsampler(nn.Module):
             raise ValueError(f"scale must be a positive integer, got {scale}")
         self.scale = int(scale)
 
+    def noise_draws(self, height: int, width: int, batch: int = 1) -> list[int]:
+        """No random draws (the upsampler contract's count, see `sr4.pipeline.upscaler.Upscaler`)."""
+        return []
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         # No randomness: `generator` exists for the contract only.
         return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)

@@ -31,7 +31,9 @@ def main(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_pat
 
     device None means CUDA when available, else the CPU. `options` go to `Pipeline.from_model_dir`
     (e.g. pipeline="tsdsr", latent="mean", seed=1); the default is SNUCV's submission: snucv,
-    sampled latent, no colour fix.
+    sampled latent, no colour fix, U in one pass whenever it fits in memory. Each image is seeded
+    afresh; seed_stream="run" draws from one stream across the folder, as the official `main` does
+    after one torch.manual_seed.
     """
     from sr4.pipeline.snucv import Pipeline
 

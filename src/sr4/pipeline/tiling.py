@@ -10,9 +10,10 @@ buffer is the output itself (kept on the CPU, so device memory depends on the ti
 Tiles smaller than the network's `min_size` (small images, 1x1 included) are padded by
 reflection (replication when the tile is too small to reflect) and cropped back.
 
-`tile="auto"` picks the tile from free memory (psutil or /proc/meminfo on CPU,
-`torch.cuda.mem_get_info` on CUDA); any out-of-memory error (CPU or CUDA) halves the tile and
-restarts the image with the generator rewound, so the retry draws the same noise.
+`tile="auto"` runs one pass whenever the whole image fits in free memory (psutil or /proc/meminfo on
+CPU, `torch.cuda.mem_get_info` on CUDA), as the official code does, else picks a power-of-two tile
+from it; any out-of-memory error (CPU or CUDA) halves the tile and restarts the image with the
+generator rewound, so the retry draws the same noise.
 """
 
 from __future__ import annotations
@@ -195,6 +196,19 @@ def bytes_per_pixel(module: nn.Module, dtype: torch.dtype, scale: int) -> float:
     return width * elt * 64 + scale * scale * 3 * 4 * 4
 
 
+def memory_budget(device: torch.device, free_bytes: int | None = None) -> float:
+    """Bytes one forward pass may use: half the free memory on CUDA, a quarter on the CPU (shared with
+    everything else on the machine)."""
+    free = free_memory_bytes(device) if free_bytes is None else free_bytes
+    return max(free, 0) * (0.5 if device.type == "cuda" else 0.25)
+
+
+def fits_untiled(module: nn.Module, device: torch.device, dtype: torch.dtype, scale: int, height: int, width: int,
+                 free_bytes: int | None = None) -> bool:
+    """Whether one pass over a height x width image fits the memory budget (the same estimate as the tiles)."""
+    return height * width * bytes_per_pixel(module, dtype, scale) <= memory_budget(device, free_bytes)
+
+
 def auto_tile_size(module: nn.Module, device: torch.device, dtype: torch.dtype, scale: int,
                    min_size: int = 1, free_bytes: int | None = None) -> int:
     """Largest power-of-two tile side (32 to 4096) whose forward fits in free memory.
@@ -203,10 +217,7 @@ def auto_tile_size(module: nn.Module, device: torch.device, dtype: torch.dtype, 
     the tiling, so small changes in free memory between runs should not change the tile.
     (Pass an explicit tile for results that are identical on every machine.)
     """
-    free = free_memory_bytes(device) if free_bytes is None else free_bytes
-    # CPU memory is shared with everything else on the machine; be more conservative there.
-    budget = free * (0.5 if device.type == "cuda" else 0.25)
-    side = int(math.sqrt(max(budget, 0) / bytes_per_pixel(module, dtype, scale)))
+    side = int(math.sqrt(memory_budget(device, free_bytes) / bytes_per_pixel(module, dtype, scale)))
     side = 1 << max(5, min(12, side.bit_length() - 1)) if side > 0 else 32
     return max(side, min_size)
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from sr4.pipeline.base import ImageProcessor, ProgressFn
-from sr4.pipeline.tiling import TileOptions, auto_tile_size, upscale_with_fallback
+from sr4.pipeline.tiling import TileOptions, auto_tile_size, fits_untiled, upscale_with_fallback
 from sr4.utils.device import resolve_device, resolve_dtype
+from sr4.utils.rng import advance_generator
 
 #: `model` value that asks for plain bicubic x4 (no network) instead of the bundled default.
 BICUBIC = "bicubic"
@@ -28,9 +30,12 @@ class Upscaler(ImageProcessor):
         architecture detected from the keys) or an `nn.Module` following the upsampler contract
         (`scale`, optional `min_size`, `forward(x, generator=None)`); a given module is moved to
         `device`/`dtype` and set to eval.
-    tile: LR tile side in pixels, None for no tiling, or "auto" (a power of two from free memory;
-        one pass when the image fits). Networks with random draws (MambaIRv2) give slightly
-        different results for different tilings: pass an int for identical results everywhere.
+    tile: LR tile side in pixels, None for no tiling, or "auto" (one pass whenever the whole image fits
+        in free memory, as the official code runs; else a power of two from free memory). Networks with
+        random draws (MambaIRv2) give slightly different results for different tilings. After a tiled
+        pass the generator is left where one pass would have left it (for networks that state their
+        draws, `noise_draws(h, w)`), so whatever draws from it next (the refiner's latent sample) does not
+        depend on the tiling.
     tile_overlap: LR pixels shared by neighbouring tiles.
     device: "auto" (CUDA when present), "cpu", "cuda:N" or a torch.device.
     dtype: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16", "bf16" or a torch.dtype.
@@ -89,13 +94,16 @@ class Upscaler(ImageProcessor):
         """The LR tile side a call on an image of this size starts with (None: one pass)."""
         tile = self.options.tile
         if tile == "auto":
+            if fits_untiled(self.model, self._device, self.dtype, self.scale, height, width):
+                return None
             tile = auto_tile_size(self.model, self._device, self.dtype, self.scale, self.min_size)
             if height <= tile and width <= tile:
                 return None
         return tile
 
-    def _forward(self, generator: torch.Generator):
+    def _forward(self, generator: torch.Generator, sizes: list[tuple[int, int]]):
         def run(x: torch.Tensor) -> torch.Tensor:
+            sizes.append(tuple(x.shape[-2:]))
             x = x.to(device=self._device, dtype=self.dtype)
             y = self.model(x, generator=generator) if self._takes_generator else self.model(x)
             return y
@@ -105,11 +113,34 @@ class Upscaler(ImageProcessor):
     def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None
                     ) -> torch.Tensor:
         h, w = x.shape[-2:]
+        start = generator.get_state() if self._takes_generator else None
+        sizes: list[tuple[int, int]] = []
         # The output is assembled on x's device (the CPU for files and arrays), so device memory
         # depends on the tile size only.
-        return upscale_with_fallback(self._forward(generator), x, scale=self.scale, tile=self.tile_size(h, w),
-                                     overlap=self.options.overlap, min_size=self.min_size, generator=generator,
-                                     progress=progress, device=self._device)
+        out = upscale_with_fallback(self._forward(generator, sizes), x, scale=self.scale, tile=self.tile_size(h, w),
+                                    overlap=self.options.overlap, min_size=self.min_size, generator=generator,
+                                    progress=progress, device=self._device)
+        one_pass = len(sizes) == 1 and sizes[0][0] >= h and sizes[0][1] >= w
+        if start is not None and not one_pass:
+            self._as_one_pass(generator, start, h, w)
+        return out
+
+    def _as_one_pass(self, generator: torch.Generator, start: torch.Tensor, h: int, w: int) -> None:
+        """Leave `generator` where one pass over an h x w image would: rewind, then draw what that pass draws."""
+        draws = getattr(self.model, "noise_draws", None)
+        if draws is None:
+            # Python shows a warning once per place by default
+            warnings.warn(f"{type(self.model).__name__} does not state its random draws (noise_draws); after tiles "
+                          "the generator is not where one pass would leave it, so later draws depend on the tiling",
+                          RuntimeWarning, stacklevel=3)
+            return
+        counts = draws(max(h, self.min_size), max(w, self.min_size))
+        # noise is drawn where the generator lives; in fp32 when that is not the model's device
+        dtype = self.dtype if generator.device == self._device else torch.float32
+        generator.set_state(start)
+        if not advance_generator(generator, counts, dtype):
+            warnings.warn(f"cannot replay random draws on {generator.device.type}; later draws depend on the tiling",
+                          RuntimeWarning, stacklevel=3)
 
 
 def _accepts_generator(module: nn.Module) -> bool:

@@ -7,11 +7,12 @@ by the summed weights. One tile is run at a time, so transformer memory is set b
 
 VAE tiles: every tile is a "core" block of the output plus a halo of context around it; the net
 runs on core+halo and only the core is kept, so no blending is needed. GroupNorm layers inside
-the tiles do not use per-tile statistics (which would shift colours tile by tile). Here (the
-"fast" mode of the tiled-VAE hook TSD-SR ships) their per-group mean/variance come from one pass
-over a downscaled copy of the whole input, so memory is bounded by the tile size plus that copy;
-`vae_exact.py` has the exact mode. Approximations: statistics of a downscaled image, a halo
-shorter than the receptive field, and the VAE mid-block attention seeing one tile, not the image.
+the tiles do not use per-tile statistics (which would shift colours tile by tile). Here (sr4's
+"fast" mode, after the idea of the hook's fast mode, which TSD-SR's script leaves off) their
+per-group mean/variance come from one pass over a downscaled copy of the whole input, so memory is
+bounded by the tile size plus that copy; `vae_exact.py` has the exact mode, `vae_tsdsr.py` TSD-SR's.
+Approximations: statistics of a downscaled image, a halo shorter than the receptive field, and the
+VAE mid-block attention seeing one tile, not the image.
 """
 
 from __future__ import annotations
@@ -70,18 +71,23 @@ def run_latent_tiles(
 
     Runs in one call when the latent area fits one tile (TSD-SR's rule) and, unlike TSD-SR, also
     requires each side to fit `max_side` (SD3's positional-embedding grid), so thin images tile
-    instead of failing.
+    instead of failing. Tiles shrunk to a thin latent keep the overlap, as TSD-SR's `tile_sample`.
     """
     h, w = z.shape[-2:]
     if h * w <= tile * tile and (max_side is None or max(h, w) <= max_side):
         return fn(z)
     size = min(tile, h, w, max_side or tile)  # a tile must fit the positional grid too
-    overlap = min(overlap, size // 2)  # a tile shrunk to a thin latent keeps a positive stride
-    window = gaussian_tile_weights(size, size).to(device=z.device, dtype=torch.float32)
+    # A tile shrunk to a thin latent keeps TSD-SR's overlap (12 x 350: 12-latent tiles, overlap 8, stride 4).
+    # Only where that leaves no stride (a side <= the overlap), where TSD-SR's grid loop never ends, is it halved.
+    if overlap >= size:
+        overlap = size // 2
+    # As TSD-SR: float32 sums of float64 weighted terms, tiles visited column by column, so the blend
+    # rounds as the official one does.
+    window = gaussian_tile_weights(size, size).to(device=z.device)
     acc = torch.zeros(z.shape, device=z.device, dtype=torch.float32)
     weight = torch.zeros((h, w), device=z.device, dtype=torch.float32)
-    for top in tile_offsets(h, size, overlap):
-        for left in tile_offsets(w, size, overlap):
+    for left in tile_offsets(w, size, overlap):
+        for top in tile_offsets(h, size, overlap):
             v = fn(z[..., top:top + size, left:left + size])
             acc[..., top:top + size, left:left + size] += v.float() * window
             weight[top:top + size, left:left + size] += window
@@ -127,8 +133,10 @@ class GroupNormStats:
     images, other tilings) each keep their own statistics; the modules themselves are not modified.
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, *, groups: int | None = None, eps: float | None = None):
         self.layers = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+        self.groups = groups  # None: each layer's own; TSD-SR's tiled VAE imposes 32 groups and eps 1e-6
+        self.eps = eps
         self.mode = "record"
         self.stats: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
 
@@ -149,7 +157,7 @@ class GroupNormStats:
                 return None  # another thread's call: leave its GroupNorm alone
             x = args[0]
             b, c = x.shape[:2]
-            grouped = x.float().reshape(b, layer.num_groups, -1)
+            grouped = x.float().reshape(b, self.groups or layer.num_groups, -1)
             if self.mode == "record":
                 mean = grouped.mean(-1, keepdim=True)  # per sample, as GroupNorm
                 var = grouped.var(-1, unbiased=False, keepdim=True)
@@ -159,7 +167,8 @@ class GroupNormStats:
             if stored is None:
                 raise RuntimeError("GroupNorm statistics were not recorded before the tiled pass")
             mean, var = stored
-            out = ((grouped - mean) * torch.rsqrt(var + layer.eps)).reshape(x.shape).to(x.dtype)
+            eps = layer.eps if self.eps is None else self.eps
+            out = ((grouped - mean) * torch.rsqrt(var + eps)).reshape(x.shape).to(x.dtype)
             if layer.affine:
                 shape = (1, c) + (1,) * (x.dim() - 2)
                 out = out * layer.weight.reshape(shape) + layer.bias.reshape(shape)

@@ -25,14 +25,18 @@ from sr4.refiner.folder import ModelFolder, validate_model_folder
 from sr4.refiner.lora import TRANSFORMER_TARGETS, VAE_TARGETS, attach_lora, merge_lora, read_lora_file
 from sr4.refiner.tiling import VAETileConfig, run_latent_tiles, run_vae_tiled
 from sr4.refiner.vae_exact import decoder_steps, encoder_steps, run_vae_tiled_exact
+from sr4.refiner.vae_tsdsr import run_vae_tiled_tsdsr, tsdsr_needs_tiles
 
 TIMESTEP = 1000.0
+VAE_TILE_STATS = ("auto", "exact", "fast", "tsdsr")
 
 
 @dataclass
 class RefinerConfig:
     """Options of the refiner. Tile sizes: latent tiles in latents, VAE encoder tiles in pixels,
-    VAE decoder tiles in latents (TSD-SR defaults: 64/8, 1024, 224)."""
+    VAE decoder tiles in latents (TSD-SR defaults: 64/8, 1024, 224). As in TSD-SR (`--vae_encoder_tiled_size`,
+    `--vae_decoder_tiled_size`), a VAE tile size excludes its halo (padding) of context on each side, and a
+    tiled VAE call tiles only once a side exceeds tile + 2 x halo."""
 
     latent: Literal["sample", "mean"] = "sample"
     seed: int = 0  # used when forward() gets no generator, so repeated calls give the same image
@@ -43,10 +47,12 @@ class RefinerConfig:
     vae_encoder_halo: int = 32
     vae_decoder_tile: int = 224
     vae_decoder_halo: int = 11
-    # GroupNorm statistics of VAE tiles: "exact" aggregates them over all tiles (TSD-SR's tiled mode;
-    # tile states wait in host memory), "fast" takes them from a copy downscaled to vae_stat_size px
-    # (memory bounded by the tile everywhere); "auto": exact on CUDA, fast on CPU.
-    vae_tile_stats: Literal["auto", "exact", "fast"] = "auto"
+    # GroupNorm statistics of VAE tiles: "exact" merges them over the tile cores, i.e. the whole image's
+    # (tile states wait in host memory), "fast" takes them from a copy downscaled to vae_stat_size px
+    # (memory bounded by the tile everywhere), "tsdsr" is TSD-SR's own tiled VAE (utils/vaehook.py: its
+    # grid, per-tile statistics averaged over the tiles, 32 groups), to reproduce its tiled outputs;
+    # "auto": exact on CUDA, fast on CPU.
+    vae_tile_stats: Literal["auto", "exact", "fast", "tsdsr"] = "auto"
     vae_stat_size: int = 512  # long side (pixels for the encoder, x8 for the decoder) of the fast stats pass
     clamp_input: bool = False  # TSD-SR clamps x*2-1 to [-1, 1]; SNUCV does not
 
@@ -55,8 +61,8 @@ class RefinerConfig:
             raise ValueError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
         if self.latent_tile <= 0 or not 0 <= self.latent_overlap < self.latent_tile:
             raise ValueError(f"need 0 <= latent_overlap < latent_tile, got {self.latent_overlap}, {self.latent_tile}")
-        if self.vae_tile_stats not in ("auto", "exact", "fast"):
-            raise ValueError(f"vae_tile_stats must be 'auto', 'exact' or 'fast', got {self.vae_tile_stats!r}")
+        if self.vae_tile_stats not in VAE_TILE_STATS:
+            raise ValueError(f"vae_tile_stats must be one of {', '.join(VAE_TILE_STATS)}, got {self.vae_tile_stats!r}")
         for name in ("vae_encoder_tile", "vae_decoder_tile"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -153,18 +159,23 @@ class TSDSRRefiner(nn.Module):
 
         cfg = self.config
         tiled = cfg.vae_tiling if tiled is None else tiled
-        if not tiled or max(x.shape[-2:]) <= cfg.vae_encoder_tile:
+        tile, halo, f = cfg.vae_encoder_tile, cfg.vae_encoder_halo, self.vae_factor
+        if not tiled or not tsdsr_needs_tiles(x.shape[-2], x.shape[-1], tile, halo):
             return net(x)
-        f = self.vae_factor
-        tiles = VAETileConfig(tile=cfg.vae_encoder_tile, halo=cfg.vae_encoder_halo, align=f, scale=1.0 / f,
-                              stat_size=cfg.vae_stat_size)
-        if self._exact_tile_stats(x):
+        mode = self._tile_stats(x)
+        if mode == "tsdsr":  # TSD-SR applies quant_conv after its tiled encoder
+            h = run_vae_tiled_tsdsr(encoder_steps(self.vae.encoder), self.vae.encoder, x, tile, halo, 1.0 / f, f)
+            return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
+        tiles = VAETileConfig(tile=tile + 2 * halo, halo=halo, align=f, scale=1.0 / f, stat_size=cfg.vae_stat_size)
+        if mode == "exact":
             return run_vae_tiled_exact(encoder_steps(self.vae.encoder, self.vae.quant_conv), self.vae.encoder, x, tiles)
         return run_vae_tiled(net, self.vae.encoder, x, tiles)
 
-    def _exact_tile_stats(self, x: torch.Tensor) -> bool:
+    def _tile_stats(self, x: torch.Tensor) -> str:
         mode = self.config.vae_tile_stats
-        return mode == "exact" or (mode == "auto" and x.device.type == "cuda")
+        if mode == "auto":
+            return "exact" if x.device.type == "cuda" else "fast"
+        return mode
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, *, tiled: bool | None = None
                ) -> torch.Tensor:
@@ -213,12 +224,15 @@ class TSDSRRefiner(nn.Module):
             latent = self.vae.post_quant_conv(latent)
         cfg = self.config
         tiled = cfg.vae_tiling if tiled is None else tiled
-        if not tiled or max(latent.shape[-2:]) <= cfg.vae_decoder_tile:
+        tile, halo, f = cfg.vae_decoder_tile, cfg.vae_decoder_halo, self.vae_factor
+        if not tiled or not tsdsr_needs_tiles(latent.shape[-2], latent.shape[-1], tile, halo):
             return self.vae.decoder(latent)
-        f = self.vae_factor
-        tiles = VAETileConfig(tile=cfg.vae_decoder_tile, halo=cfg.vae_decoder_halo, align=1, scale=float(f),
+        mode = self._tile_stats(latent)
+        if mode == "tsdsr":
+            return run_vae_tiled_tsdsr(decoder_steps(self.vae.decoder), self.vae.decoder, latent, tile, halo, float(f))
+        tiles = VAETileConfig(tile=tile + 2 * halo, halo=halo, align=1, scale=float(f),
                               stat_size=max(1, cfg.vae_stat_size // f))
-        if self._exact_tile_stats(latent):
+        if mode == "exact":
             return run_vae_tiled_exact(decoder_steps(self.vae.decoder), self.vae.decoder, latent, tiles)
         return run_vae_tiled(self.vae.decoder, self.vae.decoder, latent, tiles)
 

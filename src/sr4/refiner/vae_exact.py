@@ -1,5 +1,5 @@
-"""VAE tiles with exact GroupNorm statistics (the "exact" mode of TSD-SR's tiled VAE, done here
-stage by stage).
+"""VAE tiles with exact GroupNorm statistics, stage by stage (sr4's "exact" mode; TSD-SR's own tiled VAE,
+which averages per-tile statistics instead, is `vae_tsdsr.py`, on the same staged runner).
 
 A GroupNorm needs the mean/variance of the whole feature map, which no single tile has. So the
 diffusers encoder/decoder is unrolled into a flat list of steps, cut at every GroupNorm. Each
@@ -159,12 +159,34 @@ def run_vae_tiled_exact(steps: list[Step], modules: nn.Module, x: torch.Tensor, 
 
     storage: where tile states wait between stages (default: CPU for CUDA inputs, else x's device).
     """
+    rows, cols = vae_tile_grid(x.shape[-2], x.shape[-1], cfg)
+    return run_vae_staged(steps, modules, x, rows, cols, cfg.scale, _CoreMoments, storage=storage)
+
+
+class _CoreMoments:
+    """Exact statistics: every tile's core (the cores tile the image once) merged with Chan's formula."""
+
+    def __init__(self, groups: int):
+        self.moments = _Moments(groups)
+
+    def add(self, act: torch.Tensor, tile: _Tile, scale: float) -> None:
+        self.moments.add(crop_core(act, tile.rows, tile.cols, scale))
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.moments.result()
+
+
+def run_vae_staged(steps: list[Step], modules: nn.Module, x: torch.Tensor, rows: list[Span], cols: list[Span],
+                   out_scale: float, statistics: Callable[[int], object], *, groups: int | None = None,
+                   eps: float | None = None, storage: torch.device | None = None) -> torch.Tensor:
+    """Run the unrolled VAE half stage by stage over the product grid rows x cols; at every GroupNorm
+    barrier `statistics(groups)` collects each tile (`add(activation, tile, scale)`) and gives the
+    (mean, var) every tile is then normalised with (`result()`). groups/eps override the layers' own."""
     device = x.device
     if storage is None:
         storage = torch.device("cpu") if device.type == "cuda" else device
-    rows, cols = vae_tile_grid(x.shape[-2], x.shape[-1], cfg)
     tiles = [_Tile(r, c, x[..., r.start:r.stop, c.start:c.stop].to(storage)) for r in rows for c in cols]
-    stats = GroupNormStats(modules)
+    stats = GroupNormStats(modules, groups=groups, eps=eps)
     index = {id(layer): i for i, layer in enumerate(stats.layers)}
     stats.mode = "apply"
     scale = 1.0  # resolution at the end of the current stage relative to x
@@ -172,23 +194,23 @@ def run_vae_tiled_exact(steps: list[Step], modules: nn.Module, x: torch.Tensor, 
         for stage, barrier in _stages(steps):
             for step in stage:
                 scale *= step.zoom
-            moments = _Moments(barrier.num_groups) if barrier is not None else None
+            collector = statistics(groups or barrier.num_groups) if barrier is not None else None
             for tile in tiles:
                 act = tile.x.to(device)
                 stack = [t.to(device) for t in tile.stack]
                 for step in stage:
                     act = step.fn(act, stack)
-                if moments is not None:
-                    moments.add(crop_core(act, tile.rows, tile.cols, scale))
+                if collector is not None:
+                    collector.add(act, tile, scale)
                 tile.x = act.to(storage)
                 tile.stack = [t.to(storage) for t in stack]
             if barrier is not None:
-                stats.stats[index[id(barrier)]] = moments.result()
-    rows: dict[int, list[torch.Tensor]] = {}
+                stats.stats[index[id(barrier)]] = collector.result()
+    out_rows: dict[int, list[torch.Tensor]] = {}
     for tile in tiles:
-        core_out = crop_core(tile.x, tile.rows, tile.cols, cfg.scale).to(device)
-        rows.setdefault(tile.rows.core_start, []).append(core_out)
-    return torch.cat([torch.cat(row, dim=-1) for row in rows.values()], dim=-2)
+        core_out = crop_core(tile.x, tile.rows, tile.cols, out_scale).to(device)
+        out_rows.setdefault(tile.rows.core_start, []).append(core_out)
+    return torch.cat([torch.cat(row, dim=-1) for row in out_rows.values()], dim=-2)
 
 
 def _stages(steps: list[Step]) -> list[tuple[list[Step], nn.GroupNorm | None]]:
