@@ -228,6 +228,7 @@ def test_truncated_png16(tmp_path: Path) -> None:
     _raises(tmp_path / "cut.png", "truncated")
 
 
+@pytest.mark.optional
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_unreadable_permissions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "secret.png"

@@ -60,6 +60,25 @@ def test_safetensors_and_extension_is_not_trusted(tmp_path, tiny_sd):
     assert _same(read_state_dict(odd), tiny_sd)
 
 
+def test_safetensors_whose_header_length_looks_like_a_pickle(tmp_path, tiny_sd, monkeypatch):
+    # A safetensors file starts with its header length (u64, little endian); when its low byte is 0x80
+    # (one header size in 256) the first byte equals a pickle's PROTO opcode. It must still be read as
+    # safetensors, never handed to torch.load (which reads it on recent torch, refuses it on torch 2.1).
+    path = tmp_path / "m.safetensors"
+    for pad in range(512):
+        save_file(tiny_sd, path, metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no metadata size gave a 0x80 first byte")
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("torch.load called on a safetensors file")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    assert _same(read_state_dict(path), tiny_sd)
+
+
 def test_params_ema_is_preferred_and_key_overrides(tmp_path, tiny_sd):
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in tiny_sd.items()}
     path = tmp_path / "w.pth"

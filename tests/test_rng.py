@@ -84,6 +84,7 @@ def test_philox_increment_arithmetic():
     assert philox_offset_increment(10_000, 2, 1024) == 4 * ((10_000 - 1) // (256 * 8 * 4) + 1)
 
 
+@pytest.mark.optional
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Philox offset rule of a real kernel)")
 def test_cuda_advance_matches_real_draws():
     for dtype in (torch.float32, torch.float16, torch.float64):

@@ -17,6 +17,9 @@ Semantics follow pyiqa v0.1.13's ``niqe`` metric, which the NTIRE 2025 challenge
 Float32 steps are kept where pyiqa has them (the Y conversion, the downscale, the float32-rounded
 Gaussian window and shape grid): NIQE's AGGD fit is discontinuous where the normalised image is
 exactly zero (flat regions), so their rounding can move the score by ~0.01-0.3 on such images.
+The Y conversion is a float32 matrix product as in pyiqa, so, as in pyiqa, the few pixels whose Y lies within
+float32 rounding of a .5 tie round as the CPU's BLAS kernel decides (FMA or not): on photos with flat regions
+that moves NIQE by up to a few 1e-3 from one CPU to another, elsewhere by < 1e-4.
 Checked against pyiqa's published calibration values (ResultsCalibra, 5 images): within 5e-5; with
 basicsr's float64 window (``niqe_gray(..., pyiqa_window=False)``) it reproduces basicsr 1.4.2's
 ``niqe()`` within 1e-4 on the test photos, flat ones included.

@@ -66,10 +66,12 @@ def _sniff(path: Path) -> str:
         raise CheckpointError(f"{path}: the file is empty")
     if head[:4] == b"PK\x03\x04":
         return "torch-zip"
-    if head[:1] == b"\x80":
-        return "torch-legacy"
+    # Before the pickle test: a safetensors file starts with its header length, whose low byte is 0x80
+    # (a pickle's PROTO opcode) for one header size in 256; a pickle's byte 8 is never "{".
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
     raise CheckpointError(f"{path}: not a safetensors file nor a PyTorch checkpoint (unrecognised header {head[:8]!r})")
 
 

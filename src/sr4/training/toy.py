@@ -63,7 +63,10 @@ def make_tiny_clip(folder: str | Path, seed: int = 0, image_size: int = 32) -> P
     vocab["<|endoftext|>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    try:
+        tok = CLIPTokenizer(vocab=vocab, merges=[])  # transformers >= 5 builds it from the tables
+    except TypeError:  # transformers 4.x reads the two files
+        tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     tok.save_pretrained(folder)
     eos, bos = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
     cfg = CLIPConfig(
