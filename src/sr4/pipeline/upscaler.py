@@ -81,12 +81,15 @@ class Upscaler(ImageProcessor):
                             f"got {type(model).__name__}")
         if not isinstance(getattr(module, "scale", None), int) or module.scale < 1:
             raise ValueError(f"upsampler {type(module).__name__} has no positive integer `scale` attribute")
+        # In float16 keep the float32 weights (host memory) for recomputing tiles that overflow.
+        self._fp32_copy: nn.Module | None = (copy.deepcopy(module).float().cpu().eval().requires_grad_(False)
+                                             if self.dtype == torch.float16 else None)
+        self._fp32_lock = threading.Lock()
         self.model = module.to(device=self._device, dtype=self.dtype).eval().requires_grad_(False)
         self.scale = int(module.scale)
         self.min_size = int(getattr(module, "min_size", 1))
         self._takes_generator = _accepts_generator(module)
-        self._fp32_copy: nn.Module | None = None  # made on the first float16 overflow
-        self._fp32_lock = threading.Lock()
+        self._fp32_on_device = False
 
     @property
     def device(self) -> torch.device:
@@ -124,9 +127,10 @@ class Upscaler(ImageProcessor):
         return run
 
     def _float32_model(self) -> nn.Module:
-        with self._fp32_lock:
-            if self._fp32_copy is None:
-                self._fp32_copy = copy.deepcopy(self.model).float()
+        with self._fp32_lock:  # moved to the device on the first overflow only
+            if not self._fp32_on_device:
+                self._fp32_copy = self._fp32_copy.to(self._device)
+                self._fp32_on_device = True
             return self._fp32_copy
 
     def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None
