@@ -42,28 +42,33 @@ EXIT_BROKEN_PIPE = 141
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: the command's own (0, 1, 2), 128 + N when signal N
     (SIGINT 130, SIGTERM 143) stopped it, 141 when the reader of stdout went away."""
-    from sr4.utils.signals import Interrupted, stop_on_signals
+    from sr4.utils.signals import Interrupted, exit_at_once_on_signals, stop_on_signals
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
-    if getattr(args, "_missing", False):
-        print(f"sr4 {args.command}: not available in this build", file=sys.stderr)
-        return 2
+    name = "sr4"
     try:
         with stop_on_signals():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "command", None):
+                parser.print_help()
+                return 2
+            name = f"sr4 {args.command}"
+            if getattr(args, "_missing", False):
+                print(f"{name}: not available in this build", file=sys.stderr)
+                return 2
             code = int(import_module(args._module).run(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
             return code
     except (Interrupted, KeyboardInterrupt) as exc:
         stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
-        print(f"sr4 {args.command}: stopped by {stopped.name}", file=sys.stderr)
+        print(f"{name}: stopped by {stopped.name}", file=sys.stderr)
         return stopped.exit_code()
     except BrokenPipeError:
         _detach_stdout()
         return EXIT_BROKEN_PIPE
+    finally:
+        if argv is None:  # the process's own entry: a signal during the interpreter's shutdown ends it quietly
+            exit_at_once_on_signals()
 
 
 def _detach_stdout() -> None:

@@ -9,6 +9,7 @@ shell reports a process that a signal ended (130 for SIGINT, 143 for SIGTERM).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -49,3 +50,15 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
+
+
+def exit_at_once_on_signals() -> None:
+    """From now on SIGINT and SIGTERM end the process at once with 128 + N: for the interpreter's
+    shutdown after a command, when nothing is left to clean up (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in HANDLED:
+            signal.signal(sig, _exit_now)
