@@ -1,12 +1,13 @@
 """Interrupt `sr4 upscale` at random points and check that no file is ever lost or left half-written.
 
 `run` builds a random batch (PNG 8/16-bit, gray, RGBA, JPEG, WebP, TIFF, BMP, GIF, animated PNG/WebP,
-corrupt and empty files, sizes 8-96 px, two of 384 px whose 1536 px outputs take a while to encode) and an output folder that already holds files the user made
-(one of them at an output's name). An uninterrupted run gives the reference outputs. Then, trial
-after trial, the batch is run into a fresh copy of that output folder and stopped by SIGINT, SIGTERM
-or SIGKILL at a random moment (uniform between the first output of the reference run and its end),
-up to `--stops` times in a row, each time resumed with `--skip-existing`; a last uninterrupted
-`--skip-existing` run finishes the batch. After every trial it checks:
+corrupt and empty files; sizes 8-96 px, and two of 384 px whose 1536 px outputs take a while to encode)
+and an output folder that already holds files the user made (one of them at an output's name). An
+uninterrupted run gives the reference outputs. Then, trial after trial, the batch is run into a fresh
+copy of that output folder and stopped by SIGINT, SIGTERM or SIGKILL at a random moment (uniform over
+what is left of the batch at the reference run's pace), up to `--stops` times in a row, each time
+resumed with `--skip-existing`; a last uninterrupted `--skip-existing` run finishes the batch. After
+every trial it checks:
 
 * every output exists, decodes (all frames) and is bit-identical to the reference output;
 * no temporary file is left (sr4 sweeps those of killed runs when it starts again);
@@ -160,7 +161,7 @@ def run_trials(args: argparse.Namespace) -> int:
     print(f"batch: {len(inputs_before)} files ({args.images} images + 3 corrupt) in {batch}; reference run "
           f"{total:.1f} s (first output after {first:.1f} s), exit {code}, {len(expected)} outputs")
 
-    runs = interruptions = verified_total = 0
+    runs = attempts = interruptions = verified_total = 0
     temps_after_stop = temps_after_rerun = changed = 0
     by_signal: dict[str, int] = {}
     codes: dict[str, set[int]] = {}
@@ -171,7 +172,10 @@ def run_trials(args: argparse.Namespace) -> int:
         shutil.copytree(seeded, out)
         for _ in range(rng.randint(1, args.stops)):
             name = rng.choice(sorted(SIGNALS))
-            delay = rng.uniform(first * 0.9, total)
+            # Somewhere in what is left of the batch: start-up, then the reference pace over the images to do.
+            left = 1 - sum((out / n).exists() for n in expected) / len(expected)
+            delay = rng.uniform(first * 0.9, first + (total - first) * left)
+            attempts += 1
             proc = subprocess.Popen(command(batch, out, args.model, "--skip-existing"), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, env=env)
             time.sleep(delay)
@@ -206,7 +210,8 @@ def run_trials(args: argparse.Namespace) -> int:
     print()
     print(f"runs                               {runs}")
     print(f"interruptions                      {interruptions} "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(by_signal.items()))})")
+          f"({', '.join(f'{k} {v}' for k, v in sorted(by_signal.items()))}; {attempts - interruptions} more "
+          "signals came after the run had ended)")
     print(f"exit codes                         {', '.join(f'{k}: {sorted(v)}' for k, v in sorted(codes.items()))}")
     print(f"outputs verified                   {verified_total} of {len(expected) * args.trials} "
           "(decodable, bit-identical to the uninterrupted run)")

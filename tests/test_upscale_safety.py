@@ -76,6 +76,15 @@ def test_no_output_replaces_an_input_even_with_overwrite(tmp_path: Path, case: s
     assert not _temps(tmp_path)
 
 
+def test_a_recursive_run_does_not_take_its_output_folder_for_input(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    _img(photos / "a.png"), _img(photos / "trip" / "b.png")
+    out = photos / "big"
+    for _ in range(2):  # the second run finds the first run's outputs inside the input tree
+        assert main(["upscale", str(photos), "-r", "-o", str(out), "--skip-existing", *BICUBIC]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["a.png", "trip/b.png"]
+
+
 def test_overwrite_replaces_earlier_outputs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _img(tmp_path / "in" / "a.png")
     out = tmp_path / "out"

@@ -179,12 +179,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_out(out: Path) -> str | None:
     """Why the report cannot go to `out` (not writable, or holding files sr4 eval did not write), or None."""
-    from sr4.metrics.report import foreign_report_files
-    from sr4.utils.atomic import probe_writable
+    from sr4.metrics.report import CROPS_DIR, foreign_report_files
+    from sr4.utils.atomic import probe_writable, sweep_stale_temps
 
     problem = probe_writable(out)
     if problem:
         return f"--out {problem}"
+    for folder in (out, out / CROPS_DIR):  # what a killed earlier run may have left
+        sweep_stale_temps(folder)
     foreign = foreign_report_files(out)
     if foreign:
         return (f"--out {out}: {', '.join(p.name for p in foreign)} already there and not written by sr4 eval; "

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sr4 upscale: {outdir}: output exists and is not a folder", file=sys.stderr)
         return 2
     report = batch.Report()
-    found = batch.collect_inputs(args.inputs, recursive=args.recursive, report=report)
+    found = batch.collect_inputs(args.inputs, recursive=args.recursive, report=report, outdir=outdir)
     if not found:
         _print_failures(report)
         print(f"sr4 upscale: {tag}no images found in {' '.join(args.inputs)} ({batch.describe_suffixes()})",

@@ -61,16 +61,23 @@ class BatchOptions:
 # ---------------------------------------------------------------------- planning
 
 
-def collect_inputs(inputs: list[str], *, recursive: bool, report: Report) -> list[tuple[Path, Path]]:
+def collect_inputs(inputs: list[str], *, recursive: bool, report: Report,
+                   outdir: Path | None = None) -> list[tuple[Path, Path]]:
     """Expand files, folders and globs into (source, path relative to the output folder).
 
-    Folders give their image files (`sr4.image.files.list_images`); named files are taken as
-    they are; sr4's temporary files are never inputs. Problems go to `report.failed`."""
+    Folders give their image files (`sr4.image.files.list_images`), less those inside `outdir`
+    when it is a sub-folder of a folder walked recursively (earlier outputs are not inputs);
+    named files are taken as they are; sr4's temporary files are never inputs. Problems go to
+    `report.failed`."""
     found: list[tuple[Path, Path]] = []
+    skip = Path(os.path.abspath(outdir)) if outdir is not None else None
     for spec in inputs:
         path = Path(spec)
         if path.is_dir():
-            found += [(f, f.relative_to(path)) for f in list_images(path, recursive=recursive)]
+            files = list_images(path, recursive=recursive)
+            if recursive and skip is not None and skip != Path(os.path.abspath(path)):
+                files = [f for f in files if not Path(os.path.abspath(f)).is_relative_to(skip)]
+            found += [(f, f.relative_to(path)) for f in files]
         elif path.exists() or path.is_symlink():
             if is_temp_name(path.name):
                 report.failed.append((path, "a temporary file of an interrupted sr4 run, not an image to upscale"))
@@ -190,6 +197,8 @@ def process_jobs(processor: Any, todo: list[Job], options: BatchOptions, report:
     settled: set[Path] = set()
 
     def collect(job: Job, future: Future) -> None:
+        if job.src in settled:
+            return
         try:
             future.result()
         except OutputExistsError:
@@ -242,9 +251,11 @@ def process_jobs(processor: Any, todo: list[Job], options: BatchOptions, report:
                                               overwrite=options.overwrite)))
             del result
             while len(writes) > 1:
-                collect(*writes.pop(0))
+                collect(*writes[0])  # removed once collected, so an interruption here still waits for it
+                writes.pop(0)
         while writes:
-            collect(*writes.pop(0))
+            collect(*writes[0])
+            writes.pop(0)
     except Interrupted as exc:
         stop = exc
     finally:
