@@ -91,6 +91,8 @@ def _writer_alive(host: str, pid: int, start: int) -> bool | None:
         return None
     if pid == os.getpid():
         return True
+    if os.name != "posix":  # on Windows os.kill(pid, 0) would send CTRL_C_EVENT: go by age there
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
