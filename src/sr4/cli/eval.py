@@ -13,13 +13,9 @@ METRIC_NAMES = ("psnr", "ssim", "lpips", "dists", "niqe", "clipiqa", "maniqa", "
 def _tile(value: str) -> str | int | None:
     if value in ("auto", "none"):
         return None if value == "none" else value
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, none or a pixel count, got {value!r}") from None
-    if n < 8:
-        raise argparse.ArgumentTypeError(f"tile must be at least 8 px, got {n}")
-    return n
+    from sr4.cli.upscale import int_at_least
+
+    return int_at_least(value, 8, "auto, none or a tile side in pixels")
 
 
 EPILOG = """outputs (in --out): metrics.csv (one row per image), summary.json (averages, score, settings,

@@ -21,15 +21,21 @@ from pathlib import Path
 MAX_OUTSCALE = 16.0
 
 
-def _tile_arg(text: str) -> int | str | None:
-    if text == "auto":
-        return "auto"
+def int_at_least(text: str, minimum: int, what: str) -> int:
+    """argparse type helper: `text` as an int >= `minimum`, else a usage error naming `what`."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of pixels, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("tile must be >= 0 (0 = no tiling)")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, at least {minimum}, got {text!r}")
+    return value
+
+
+def _tile_arg(text: str) -> int | str | None:
+    if text == "auto":
+        return "auto"
+    value = int_at_least(text, 0, "'auto' or a tile side in pixels (0: no tiling)")
     return None if value == 0 else value
 
 
@@ -44,13 +50,7 @@ def _outscale_arg(text: str) -> float:
 
 
 def _max_pixels_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 pixel, got {text!r}")
-    return value
+    return int_at_least(text, 1, "a number of pixels")
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
