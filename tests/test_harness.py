@@ -44,3 +44,15 @@ def test_harness_writes_every_image_under_its_name(tmp_path):
 def test_harness_missing_input_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="input folder"):
         main(tmp_path / "model", tmp_path / "nope", tmp_path / "out", "cpu")
+
+
+def test_harness_never_writes_over_its_inputs_nor_reads_temp_files(tmp_path):
+    lr_dir = tmp_path / "LR"
+    lr_dir.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr_dir / "0901x4.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr_dir / ".sr4-tmp-abcdef-1-0-abcdef.0902x4.png")
+    assert [p.name for p in list_inputs(lr_dir)] == ["0901x4.png"]
+    before = (lr_dir / "0901x4.png").read_bytes()
+    with pytest.raises(ValueError, match="is the input folder"):
+        main(tmp_path / "model", lr_dir, tmp_path / "." / "LR", "cpu")
+    assert (lr_dir / "0901x4.png").read_bytes() == before

@@ -173,11 +173,14 @@ def test_bad_models() -> None:
 
 def test_process_file_keeps_mode_bits_and_icc(tmp_path: Path, bicubic: Upscaler) -> None:
     pixels = np.random.default_rng(2).integers(0, 65536, (8, 6, 4), dtype=np.uint16)
-    write_image(tmp_path / "in.png", ImageData(pixels=pixels, icc_profile=b"fake-icc-profile"))
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # an RGB profile for RGBA pixels
+    write_image(tmp_path / "in.png", ImageData(pixels=pixels, icc_profile=icc))
     bicubic.process_file(tmp_path / "in.png", tmp_path / "out.png")
     out = read_image(tmp_path / "out.png")
     assert out.pixels.shape == (32, 24, 4) and out.pixels.dtype == np.uint16
-    assert out.icc_profile == b"fake-icc-profile"
+    assert out.icc_profile == icc
     with pytest.raises(FileExistsError, match="out.png"):
         bicubic.process_file(tmp_path / "in.png", tmp_path / "out.png")
     bicubic.process_file(tmp_path / "in.png", tmp_path / "out.png", overwrite=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from importlib import import_module
 
@@ -34,16 +36,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exit status when stdout is closed early (`sr4 info | head -1`): 128 + SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
-    if getattr(args, "_missing", False):
-        print(f"sr4 {args.command}: not available in this build", file=sys.stderr)
-        return 2
-    return int(import_module(args._module).run(args) or 0)
+    """Run one command. Exit status: the command's own (0, 1, 2), 128 + N when signal N
+    (SIGINT 130, SIGTERM 143) stopped it, 141 when the reader of stdout went away."""
+    from sr4.utils.signals import Interrupted, exit_at_once_on_signals, stop_on_signals
+
+    name = "sr4"
+    try:
+        with stop_on_signals():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "command", None):
+                parser.print_help()
+                return 2
+            name = f"sr4 {args.command}"
+            if getattr(args, "_missing", False):
+                print(f"{name}: not available in this build", file=sys.stderr)
+                return 2
+            code = int(import_module(args._module).run(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return code
+    except (Interrupted, KeyboardInterrupt) as exc:
+        stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        print(f"{name}: stopped by {stopped.name}", file=sys.stderr)
+        return stopped.exit_code()
+    except BrokenPipeError:
+        _detach_stdout()
+        return EXIT_BROKEN_PIPE
+    finally:
+        if argv is None:  # the process's own entry: a signal during the interpreter's shutdown ends it quietly
+            exit_at_once_on_signals()
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced (tests) or already closed
+        pass
 
 
 if __name__ == "__main__":

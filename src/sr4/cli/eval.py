@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -12,19 +13,18 @@ METRIC_NAMES = ("psnr", "ssim", "lpips", "dists", "niqe", "clipiqa", "maniqa", "
 def _tile(value: str) -> str | int | None:
     if value in ("auto", "none"):
         return None if value == "none" else value
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, none or a pixel count, got {value!r}") from None
-    if n < 8:
-        raise argparse.ArgumentTypeError(f"tile must be at least 8 px, got {n}")
-    return n
+    from sr4.cli.upscale import int_at_least
+
+    return int_at_least(value, 8, "auto, none or a tile side in pixels")
 
 
 EPILOG = """outputs (in --out): metrics.csv (one row per image), summary.json (averages, score, settings,
 metric versions, skipped files), report.html with box plots and bicubic/SR/HR crops of the best and
-worst image (PNG files next to it). The score is printed only when all six perceptual metrics ran.
-exit status: 0 all pairs scored, 1 some files skipped (listed), 2 usage error or nothing to score."""
+worst image (PNG files in its crops/ folder). The score is printed only when all six perceptual metrics
+ran. --out is checked before any work: it must be writable, and files there that sr4 eval did not
+write are never replaced.
+exit status: 0 all pairs scored, 1 some files skipped (listed), 2 usage error or nothing to score,
+128 + N when signal N stopped it (130 SIGINT, 143 SIGTERM)."""
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -88,15 +88,6 @@ def run(args: argparse.Namespace) -> int:
     from sr4.metrics.niqe import NIQEConfig
     from sr4.metrics.psnr_ssim import FidelityConfig
 
-    upscaled: dict[str, object] = {}
-    if args.lr_dir is not None:
-        code = _upscale_lr(args, upscaled)
-        if code:
-            return code
-    for d in (args.sr_dir, args.hr_dir):
-        if not d.is_dir():
-            print(f"sr4 eval: {d}: not a directory", file=sys.stderr)
-            return 2
     try:
         cfg = EvalConfig(
             metrics=tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip()),
@@ -112,6 +103,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"sr4 eval: {exc}", file=sys.stderr)
         return 2
 
+    # SR_DIR may not exist yet when --lr-dir fills it.
+    for d in (args.hr_dir,) if args.lr_dir is not None else (args.sr_dir, args.hr_dir):
+        if not d.is_dir():
+            print(f"sr4 eval: {d}: not a directory", file=sys.stderr)
+            return 2
+    out = args.out or args.sr_dir.parent / (args.sr_dir.name + "_eval")
+    problem = _check_out(out)
+    if problem:
+        print(f"sr4 eval: {problem}", file=sys.stderr)
+        return 2
+    upscaled: dict[str, object] = {}
+    if args.lr_dir is not None:
+        code = _upscale_lr(args, upscaled)
+        if code:
+            return code
+    for d in (args.sr_dir, args.hr_dir):
+        if not d.is_dir():
+            print(f"sr4 eval: {d}: not a directory", file=sys.stderr)
+            return 2
     pairs, problems = pair_files(args.sr_dir, args.hr_dir, cfg.sr_pattern)
     problems = list(upscaled.get("errors", [])) + problems
     if not pairs:
@@ -134,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bar.close()
 
-    out = args.out or args.sr_dir.parent / (args.sr_dir.name + "_eval")
     if args.no_report:
         import json
 
@@ -164,23 +173,52 @@ def run(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
+def _check_out(out: Path) -> str | None:
+    """Why the report cannot go to `out` (not writable, or holding files sr4 eval did not write), or None."""
+    from sr4.metrics.report import CROPS_DIR, foreign_report_files
+    from sr4.utils.atomic import probe_writable, sweep_stale_temps
+
+    problem = probe_writable(out)
+    if problem:
+        return f"--out {problem}"
+    for folder in (out, out / CROPS_DIR):  # what a killed earlier run may have left
+        sweep_stale_temps(folder)
+    foreign = foreign_report_files(out)
+    if foreign:
+        return (f"--out {out}: {', '.join(p.name for p in foreign)} already there and not written by sr4 eval; "
+                "choose another --out (nothing is replaced that sr4 did not write)")
+    return None
+
+
 def _upscale_lr(args: argparse.Namespace, record: dict) -> int:
-    """Upscale every LR image into SR_DIR with sr4.Upscaler; fills `record`; returns an exit code."""
-    from sr4.image.io import ImageError
-    from sr4.metrics.evaluate import list_images
+    """Upscale every LR image into SR_DIR (`sr4.pipeline.batch` rules); fills `record`; returns an exit code."""
+    from sr4.pipeline import batch
+    from sr4.utils.atomic import probe_writable, sweep_stale_temps
+    from sr4.utils.signals import stop_on_signals
 
     if not args.lr_dir.is_dir():
         print(f"sr4 eval: {args.lr_dir}: not a directory", file=sys.stderr)
         return 2
-    lr_files = list_images(args.lr_dir)
-    if not lr_files:
+    report = batch.Report()
+    found = batch.collect_inputs([str(args.lr_dir)], recursive=False, report=report)
+    if not found:
         print(f"sr4 eval: no images in {args.lr_dir}", file=sys.stderr)
         return 2
-    existing = [p for p in lr_files if (args.sr_dir / p.name).exists()]
+    jobs = batch.plan_jobs(found, args.sr_dir, suffix="", ext="keep", report=report)
+    if report.failed:  # e.g. SR_DIR is LR_DIR: the outputs would replace the inputs
+        for src, message in report.failed:
+            print(f"sr4 eval: {src}: {message}", file=sys.stderr)
+        return 2
+    existing = [job.dst for job in jobs if os.path.lexists(job.dst)]
     if existing and not args.overwrite:
         print(f"sr4 eval: {args.sr_dir} already holds {len(existing)} of the outputs (e.g. {existing[0].name}); "
               "pass --overwrite to replace them", file=sys.stderr)
         return 2
+    problem = probe_writable(args.sr_dir)
+    if problem:
+        print(f"sr4 eval: {problem}", file=sys.stderr)
+        return 2
+    sweep_stale_temps(args.sr_dir)
     from sr4.cli.upscale import build_processor
 
     # The same processor `sr4 upscale` builds from the same options.
@@ -194,15 +232,21 @@ def _upscale_lr(args: argparse.Namespace, record: dict) -> int:
         return 2
     from tqdm import tqdm
 
-    errors = []
-    written = []
-    for src in tqdm(lr_files, desc="upscale", unit="img", disable=args.quiet, file=sys.stderr):
-        try:
-            upscaler.process_file(src, args.sr_dir / src.name, overwrite=args.overwrite, seed=args.seed)
-            written.append(src.name)
-        except (ImageError, FileExistsError) as exc:
-            errors.append((str(src), str(getattr(exc, "problem", exc))))
+    batch_options = batch.BatchOptions(overwrite=args.overwrite)
+    todo = batch.select_todo(jobs, batch_options, report)
+    bar = tqdm(total=len(todo), desc="upscale", unit="img", disable=args.quiet, file=sys.stderr)
+    try:
+        with stop_on_signals():
+            stop = batch.process_jobs(upscaler, todo, batch_options, report, advance=bar.update,
+                                      say=lambda text: tqdm.write(f"sr4 eval: {text}", file=sys.stderr))
+    finally:
+        bar.close()
+    if stop is not None:
+        print(f"sr4 eval: stopped by {stop.name} while upscaling: {len(report.done)} written, "
+              f"{len(report.unfinished)} not finished; nothing scored", file=sys.stderr)
+        return stop.exit_code()
     model = args.model_dir if args.pipeline != "upsampler" else (args.model or "sr4 bundled default")
     record.update({"lr_dir": str(args.lr_dir), "pipeline": args.pipeline, "model": model,
-                   "images_written": written, "errors": errors})
+                   "images_written": [dst.name for dst in report.done],
+                   "errors": [(str(src), message) for src, message in report.failed]})
     return 0

@@ -9,19 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sr4.cli.upscale import _tile_arg
+from sr4.cli.upscale import _tile_arg, positive_int
 
 DEFAULT_PORT = 8765
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -38,9 +28,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="address to listen on (default 127.0.0.1, this machine only); another address lets "
                         "others on the network use the app: there is no login")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--max-upload-mb", type=_positive_int, default=50, metavar="MB",
+    p.add_argument("--max-upload-mb", type=positive_int, default=50, metavar="MB",
                    help="largest upload accepted (default 50 MiB)")
-    p.add_argument("--max-pixels", type=_positive_int, default=2048 * 2048, metavar="N",
+    p.add_argument("--max-pixels", type=positive_int, default=2048 * 2048, metavar="N",
                    help="largest input image in pixels (default 4,194,304 = 2048x2048; an HR reference may "
                         "have 16 times as many)")
     p.add_argument("--weights-dir", help="root of the metric weight folders (as sr4 eval; default $TORCH_HOME/hub)")

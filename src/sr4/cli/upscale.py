@@ -1,50 +1,60 @@
 """`sr4 upscale INPUT... -o OUTDIR`: upscale files, folders and globs, batch-safe.
 
 Every file is handled on its own: a bad input or an existing output is reported and the batch
-goes on; outputs are written atomically (nothing half-written is ever left); the exit status is
-1 when any file failed, 2 when the run could not start (bad options, unloadable model).
-Under `torchrun --nproc-per-node N` each process takes its share of the sorted file list.
+goes on; outputs are written atomically and verified (nothing half-written is ever left, nothing
+the run did not write is replaced, no input is ever an output: `sr4.pipeline.batch`).
+Exit status: 0 all done, 1 some file failed, 2 the run could not start (bad options, no images,
+unwritable output folder, unloadable model), 128 + N when signal N stopped it (130 SIGINT,
+143 SIGTERM; the image being written is finished, temporary files are removed, the summary is
+printed). Under `torchrun --nproc-per-node N` each process takes its share of the sorted file list.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
+import math
+import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-EXT_SUFFIX = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+#: largest --outscale (final size / input size): x4 networks, resized up to 4 times more.
+MAX_OUTSCALE = 16.0
+
+
+def int_at_least(text: str, minimum: int, what: str) -> int:
+    """argparse type helper: `text` as an int >= `minimum`, else a usage error naming `what`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, at least {minimum}, got {text!r}")
+    return value
 
 
 def _tile_arg(text: str) -> int | str | None:
     if text == "auto":
         return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of pixels, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("tile must be >= 0 (0 = no tiling)")
+    value = int_at_least(text, 0, "'auto' or a tile side in pixels (0: no tiling)")
     return None if value == 0 else value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    return int_at_least(text, 1, "a positive whole number")
+
+
+def _outscale_arg(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_OUTSCALE):
+        raise argparse.ArgumentTypeError(f"expected a number above 0 and at most {MAX_OUTSCALE:g}, got {text!r}")
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _max_pixels_arg(text: str) -> int:
+    return int_at_least(text, 1, "a number of pixels")
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -53,11 +63,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders (kept in the output)")
     p.add_argument("--model", metavar="FILE|bicubic", help="upsampler checkpoint (MambaIRv2 / -Light, .pth or "
                    ".safetensors), or 'bicubic' for plain bicubic x4; default: sr4's bundled MambaIRv2-Light x4")
-    p.add_argument("--outscale", type=_positive_float, metavar="FLOAT",
-                   help="final scale relative to the input (resize after the network), e.g. 2")
+    p.add_argument("--outscale", type=_outscale_arg, metavar="FLOAT",
+                   help=f"final scale relative to the input (resize after the network), e.g. 2; at most "
+                        f"{MAX_OUTSCALE:g}")
     p.add_argument("--suffix", default="", help="appended to each output file name (default: none)")
-    p.add_argument("--ext", choices=["png", "jpg", "webp", "tiff", "keep"], default="keep",
-                   help="output format (default: keep the input's)")
+    p.add_argument("--ext", choices=["png", "jpg", "webp", "tiff", "gif", "keep"], default="keep",
+                   help="output format (default: keep the input's); animations need png, webp, gif or tiff")
     p.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1-100",
                    help="JPEG/WebP quality (default 95)")
     p.add_argument("--tile", type=_tile_arg, default="auto", metavar="auto|N",
@@ -71,9 +82,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="upscale transparency with bicubic (default) or with the network (a second pass)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--skip-existing", action="store_true", help="leave existing outputs alone")
-    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--max-pixels", type=int, metavar="N",
-                   help="largest input accepted, in pixels (default: Pillow's 89,478,485 bomb limit)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace existing outputs (never an input of the run, never a folder)")
+    p.add_argument("--max-pixels", type=_max_pixels_arg, metavar="N",
+                   help="largest input accepted, in pixels, all frames of an animation together "
+                        "(default: Pillow's 89,478,485 bomb limit)")
     pipe = p.add_argument_group("two-stage pipelines (upsampler + TSD-SR refiner)")
     pipe.add_argument("--pipeline", choices=["upsampler", "snucv", "tsdsr"], default="upsampler",
                       help="upsampler: network alone (default); snucv: upsampler then refiner; tsdsr: TSD-SR")
@@ -91,17 +104,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                       help="VAE tiles: exact (the whole image's GroupNorm statistics; tiles wait in host memory), "
                            "fast (statistics from a 512 px copy; bounded memory), tsdsr (TSD-SR's own tiled VAE, "
                            "to reproduce its --is_use_tile outputs); auto: exact on CUDA, fast on CPU")
-    pipe.add_argument("--vae-encoder-tile", type=_positive_int, default=1024, metavar="PX",
+    pipe.add_argument("--vae-encoder-tile", type=positive_int, default=1024, metavar="PX",
                       help="VAE encoder tile in pixels, without its 32 px halo (TSD-SR's --vae_encoder_tiled_size)")
-    pipe.add_argument("--vae-decoder-tile", type=_positive_int, default=224, metavar="LATENTS",
+    pipe.add_argument("--vae-decoder-tile", type=positive_int, default=224, metavar="LATENTS",
                       help="VAE decoder tile in latents, without its 11-latent halo (--vae_decoder_tiled_size)")
-    pipe.add_argument("--latent-tile", type=_positive_int, default=64, metavar="LATENTS",
+    pipe.add_argument("--latent-tile", type=positive_int, default=64, metavar="LATENTS",
                       help="transformer tile in latents (TSD-SR's --latent_tiled_size, default 64)")
     pipe.add_argument("--latent-overlap", type=int, default=8, metavar="LATENTS",
                       help="latents neighbouring transformer tiles share (--latent_tiled_overlap, default 8)")
-    pipe.add_argument("--process-size", type=_positive_int, default=512, metavar="PX",
+    pipe.add_argument("--process-size", type=positive_int, default=512, metavar="PX",
                       help="tsdsr: smallest short side the refiner works at (TSD-SR's --process_size, default 512)")
-    pipe.add_argument("--upscale", type=_positive_int, default=4, metavar="N",
+    pipe.add_argument("--upscale", type=positive_int, default=4, metavar="N",
                       help="tsdsr: upscaling factor (TSD-SR's --upscale, default 4; snucv is x4)")
     pipe.add_argument("--seed-stream", choices=["image", "run"], default="image",
                       help="image: each image seeded afresh with --seed (default; results do not depend on the "
@@ -109,59 +122,16 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                            "folder run after one torch.manual_seed")
 
 
-@dataclass
-class Job:
-    src: Path
-    dst: Path
-
-
-@dataclass
-class Report:
-    done: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def _output_suffix(src: Path, ext: str) -> str:
-    return src.suffix.lower() if ext == "keep" else EXT_SUFFIX[ext]
-
-
-def collect_jobs(inputs: list[str], outdir: Path, *, recursive: bool, suffix: str, ext: str,
-                 report: Report) -> list[Job]:
-    """Expand files, folders and globs into (input, output) pairs; problems go to `report.failed`."""
-    found: list[tuple[Path, Path]] = []  # (source, path relative to the output folder)
-    for spec in inputs:
-        path = Path(spec)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(f for f in path.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
-            found += [(f, f.relative_to(path)) for f in files]
-        elif path.exists() or path.is_symlink():
-            found.append((path, Path(path.name)))
-        elif glob.has_magic(spec):
-            matches = sorted(Path(m) for m in glob.glob(spec, recursive=recursive))
-            files = [m for m in matches if m.is_file()]
-            if not files:
-                report.failed.append((path, "no file matches this pattern"))
-            found += [(m, Path(m.name)) for m in files]
-        else:
-            report.failed.append((path, "no such file or folder"))
-    jobs: list[Job] = []
-    claimed: dict[Path, Path] = {}
-    for src, rel in found:
-        dst = outdir / rel.parent / f"{rel.stem}{suffix}{_output_suffix(src, ext)}"
-        key = dst.resolve()
-        if key == src.resolve():
-            report.failed.append((src, f"output {dst} would overwrite the input itself (use another -o or --suffix)"))
-        elif key in claimed:
-            if claimed[key] != src.resolve():
-                report.failed.append((src, f"output {dst} is also the output of {claimed[key]} (use --suffix or "
-                                           "--ext to tell them apart)"))
-        else:
-            claimed[key] = src.resolve()
-            jobs.append(Job(src, dst))
-    return jobs
+def validate_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with options argparse cannot check alone, or None (checked before any work)."""
+    seps = {"/", "\\", os.sep, os.altsep or "/", "\0"}
+    if any(sep in args.suffix for sep in seps):
+        return f"--suffix {args.suffix!r}: path separators are not allowed (outputs stay inside -o)"
+    if args.tile_overlap < 0:
+        return "--tile-overlap must be >= 0"
+    if not -(2**63) <= args.seed < 2**64:
+        return f"--seed {args.seed}: out of range (0 to 2**64 - 1)"
+    return None
 
 
 def build_processor(args: argparse.Namespace, device: str):
@@ -223,10 +193,14 @@ def _tile_bar(enabled: bool):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from sr4.pipeline import batch
     from sr4.pipeline.sharding import current_shard, shard_device, shard_items
+    from sr4.utils.atomic import probe_writable, sweep_stale_temps
+    from sr4.utils.signals import stop_on_signals
 
-    if args.tile_overlap < 0:
-        print("sr4 upscale: --tile-overlap must be >= 0", file=sys.stderr)
+    problem = validate_options(args)
+    if problem:
+        print(f"sr4 upscale: {problem}", file=sys.stderr)
         return 2
     try:
         shard = current_shard()
@@ -238,9 +212,23 @@ def run(args: argparse.Namespace) -> int:
     if outdir.exists() and not outdir.is_dir():
         print(f"sr4 upscale: {outdir}: output exists and is not a folder", file=sys.stderr)
         return 2
-    report = Report()
-    jobs = collect_jobs(args.inputs, outdir, recursive=args.recursive, suffix=args.suffix, ext=args.ext,
-                        report=report)
+    report = batch.Report()
+    found = batch.collect_inputs(args.inputs, recursive=args.recursive, report=report, outdir=outdir)
+    if not found:
+        _print_failures(report)
+        print(f"sr4 upscale: {tag}no images found in {' '.join(args.inputs)} ({batch.describe_suffixes()})",
+              file=sys.stderr)
+        return 2
+    problem = probe_writable(outdir)
+    if problem:
+        print(f"sr4 upscale: {problem}", file=sys.stderr)
+        return 2
+    jobs = batch.plan_jobs(found, outdir, suffix=args.suffix, ext=args.ext, report=report)
+    for folder in batch.output_folders(jobs, outdir):
+        removed = sweep_stale_temps(folder)
+        if removed:
+            print(f"sr4 upscale: {tag}removed {len(removed)} temporary file(s) left in {folder} by an "
+                  "interrupted run", file=sys.stderr)
     if shard.active:
         jobs = shard_items(jobs, shard, key=lambda j: str(j.src))
         # Input problems are reported by rank 0 only, so each appears once.
@@ -252,73 +240,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"sr4 upscale: {tag}cannot start: {exc}", file=sys.stderr)
         return 2
 
+    options = batch.BatchOptions(outscale=args.outscale, max_pixels=args.max_pixels, quality=args.quality,
+                           skip_existing=args.skip_existing, overwrite=args.overwrite)
+    todo = batch.select_todo(jobs, options, report)
     interactive = sys.stderr.isatty()
-    todo: list[Job] = []
-    for job in jobs:
-        if job.dst.exists():
-            if args.skip_existing:
-                report.skipped.append(job.src)
-                continue
-            if not args.overwrite:
-                report.failed.append((job.src, f"output {job.dst} exists (use --overwrite or --skip-existing)"))
-                continue
-        todo.append(job)
     bar = tqdm(total=len(todo), desc=f"{tag}images", unit="img", disable=not interactive or None)
+
+    def say(text: str) -> None:
+        tqdm.write(f"sr4 upscale: {tag}{text}", file=sys.stderr)
+
     try:
-        _process(processor, todo, args, report, bar.update, _tile_bar(interactive))
+        with stop_on_signals():
+            stop = batch.process_jobs(processor, todo, options, report, advance=bar.update,
+                                tile_progress=_tile_bar(interactive), say=say)
     finally:
         bar.close()
-    _print_summary(report, tag)
+    _print_summary(report, tag, stop)
+    if stop is not None:
+        return stop.exit_code()
     return 1 if report.failed else 0
 
 
-def _process(processor, todo: list[Job], args: argparse.Namespace, report: Report, advance,
-             tile_progress) -> None:
-    """Read ahead and write behind in two helper threads while the network works on the current image.
-
-    Decoding and PNG/JPEG encoding release the GIL, so on a fast accelerator they no longer
-    serialise with the network. At most one image is read ahead and two written behind, so memory
-    stays bounded. Each failure is recorded against its file; the rest of the batch goes on.
-    """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from sr4.image.io import read_image, write_image
-
-    def collect(job: Job, future: Future) -> None:
-        try:
-            future.result()
-        except Exception as exc:  # the message names the file
-            report.failed.append((job.src, str(exc) or type(exc).__name__))
-        else:
-            report.done.append(job.dst)
-        advance(1)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="sr4-read") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="sr4-write") as writer:
-        reads = [reader.submit(read_image, job.src, max_pixels=args.max_pixels) for job in todo[:1]]
-        writes: list[tuple[Job, Future]] = []
-        for i, job in enumerate(todo):
-            current = reads.pop(0)
-            if i + 1 < len(todo):
-                reads.append(reader.submit(read_image, todo[i + 1].src, max_pixels=args.max_pixels))
-            try:
-                result = processor.process_image_data(current.result(), outscale=args.outscale,
-                                                      progress=tile_progress)
-            except Exception as exc:  # one bad file must not stop the batch; the message names it
-                report.failed.append((job.src, str(exc) or type(exc).__name__))
-                advance(1)
-                continue
-            writes.append((job, writer.submit(write_image, job.dst, result, quality=args.quality)))
-            del result
-            while len(writes) > 1:
-                collect(*writes.pop(0))
-        for pending in writes:
-            collect(*pending)
+def _print_summary(report, tag: str, stop=None) -> None:  # noqa: ANN001 - sr4.pipeline.batch.Report, Interrupted
+    counts = f"{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed"
+    if stop is None:
+        print(f"sr4 upscale: {tag}{counts}")
+    else:
+        print(f"sr4 upscale: {tag}stopped by {stop.name}: {counts}, {len(report.unfinished)} not finished "
+              "(run again with --skip-existing to finish)")
+    _print_failures(report)
+    sys.stdout.flush()
 
 
-def _print_summary(report: Report, tag: str) -> None:
-    print(f"sr4 upscale: {tag}{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed")
+def _print_failures(report) -> None:  # noqa: ANN001 - sr4.pipeline.batch.Report
     for src, message in report.failed:
         text = message if message.startswith(str(src)) else f"{src}: {message}"
         print(f"  FAILED {text}", file=sys.stderr)
-    sys.stdout.flush()

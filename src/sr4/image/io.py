@@ -3,34 +3,51 @@
 `read_image` returns an `ImageData`: pixels as HxWxC (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA),
 uint8 or uint16, EXIF orientation already applied, plus the ICC profile. Palette images become
 RGB (RGBA when they carry transparency), CMYK / YCbCr / LAB become RGB, 1-bit becomes gray.
-`write_image` writes one atomically, choosing the format from the suffix and keeping 16 bits and
-the ICC profile where the format can hold them.
+A profile that does not describe the converted pixels is never passed on: CMYK images are
+converted through their CMYK profile to sRGB (Pillow's ImageCms), other mismatches are dropped
+with a note (`ImageData.notes`).
+Animated and multi-page files (APNG, animated WebP, GIF, multi-page TIFF) are refused unless
+the caller asks for every frame (`frames="all"`); then `ImageData.animation` holds them all.
+`write_image` writes one atomically, choosing the format from the suffix and keeping 16 bits,
+the ICC profile and every frame where the format can hold them; it never replaces an existing
+file unless asked to.
+
+Memory is bounded by the size the file declares: the pixel limit (`max_pixels`, all frames
+together) is checked from the headers before any decoding, and every decoder stops at the
+declared size (sr4's own 16-bit PNG decoder inflates no further, 16-bit TIFF segments are
+measured before tifffile inflates them).
 
 Every failure is an `ImageError` whose message starts with the file name.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sr4.image import png16
-from sr4.utils.atomic import atomic_path
+from sr4.image import png16, tiff16
+from sr4.utils.atomic import OutputExistsError, atomic_file
 
 #: default pixel limit (Pillow's own decompression-bomb threshold); images above it are refused
 #: from their header, before any decoding, unless a caller passes a larger `max_pixels`.
 DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
-READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 #: output suffix -> Pillow format name.
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
-                 ".tiff": "TIFF", ".bmp": "BMP"}
+                 ".tiff": "TIFF", ".bmp": "BMP", ".gif": "GIF"}
+#: formats that hold several frames (animation or pages).
+MULTI_FRAME_FORMATS = ("PNG", "WEBP", "GIF", "TIFF")
 _MODE_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+# ICC header colour space (bytes 16..20) a profile must declare for pixels with this many channels.
+_ICC_SPACE_BY_CHANNELS = {1: b"GRAY", 2: b"GRAY", 3: b"RGB ", 4: b"RGB "}
 
 
 class ImageError(ValueError):
@@ -43,6 +60,20 @@ class ImageError(ValueError):
 
 
 @dataclass
+class Animation:
+    """Every frame of an animated or multi-page file, frame 0 included.
+
+    Frames are HxWxC arrays like `ImageData.pixels`; TIFF pages may differ in size and mode,
+    frames of the other formats share both. `durations` are milliseconds per frame (empty for
+    TIFF pages); `loop` is how often the animation plays (0 = forever, None = once, GIF without
+    a loop block)."""
+
+    frames: list[np.ndarray]
+    durations: list[int] = field(default_factory=list)
+    loop: int | None = 0
+
+
+@dataclass
 class ImageData:
     """Pixels HxWxC (C in 1..4: L, LA, RGB, RGBA), uint8 / uint16 (files) or float32 (PIL 'F')."""
 
@@ -51,6 +82,10 @@ class ImageData:
     #: EXIF block of the source (JPEG/PNG/WebP) without its Orientation tag, which was applied to
     #: the pixels; written back to JPEG/PNG/WebP outputs so camera data and dates survive.
     exif: bytes | None = None
+    #: what reading changed that the user should know (a profile converted or dropped).
+    notes: list[str] = field(default_factory=list)
+    #: all frames of a multi-frame file read with frames="all" (`pixels` is frame 0), else None.
+    animation: Animation | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.ndim == 2:
@@ -72,13 +107,34 @@ class ImageData:
         """(width, height), as Pillow reports it."""
         return self.pixels.shape[1], self.pixels.shape[0]
 
+    @property
+    def frame_count(self) -> int:
+        return len(self.animation.frames) if self.animation is not None else 1
+
+
+def icc_matches(icc: bytes | None, channels: int) -> bool:
+    """Whether an ICC profile's colour space fits pixels with this many channels (gray or RGB)."""
+    return icc is None or (len(icc) >= 20 and icc[16:20] == _ICC_SPACE_BY_CHANNELS[channels])
+
+
+def _icc_space(icc: bytes) -> str:
+    return icc[16:20].decode("latin-1").strip() if len(icc) >= 20 else "unknown"
+
 
 # ---------------------------------------------------------------------- PIL conversion
 
 def from_pil(img: Image.Image) -> ImageData:
-    """Convert a PIL image of any mode to `ImageData` (no EXIF transposition here)."""
+    """Convert a PIL image of any mode to `ImageData` (no EXIF transposition here).
+
+    A CMYK image with a CMYK ICC profile is converted through it to sRGB (and gets an sRGB
+    profile); any other profile that does not describe the converted pixels is dropped. Both
+    are recorded in `notes`."""
     mode = img.mode
-    icc = img.info.get("icc_profile")
+    icc = img.info.get("icc_profile") or None
+    notes: list[str] = []
+    if mode == "CMYK" and icc is not None and icc[16:20] == b"CMYK":
+        img, icc, note = _cmyk_to_srgb(img, icc)
+        notes.append(note)
     if mode == "1":
         img = img.convert("L")
     elif mode in ("L", "RGB") and "transparency" in img.info:
@@ -90,7 +146,7 @@ def from_pil(img: Image.Image) -> ImageData:
         img = img.convert("LA")
     elif mode in ("RGBa", "RGBA"):
         img = img.convert("RGBA")
-    elif mode not in ("L", "RGB", "F") and not mode.startswith("I"):
+    elif img.mode not in ("L", "RGB", "F") and not img.mode.startswith("I"):
         img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
     if img.mode.startswith("I"):
         arr = np.asarray(img)
@@ -104,7 +160,29 @@ def from_pil(img: Image.Image) -> ImageData:
         pixels = np.asarray(img, dtype=np.float32)
     else:
         pixels = np.asarray(img, dtype=np.uint8)
-    return ImageData(pixels=np.array(pixels), icc_profile=icc)
+    data = ImageData(pixels=np.array(pixels), notes=notes)
+    if icc is not None and not icc_matches(icc, data.pixels.shape[2]):
+        notes.append(f"its {_icc_space(icc)} ICC profile does not describe the {data.mode} pixels sr4 works on; "
+                     "dropped (colours are passed on unmanaged)")
+        icc = None
+    data.icc_profile = icc
+    return data
+
+
+def _cmyk_to_srgb(img: Image.Image, icc: bytes) -> tuple[Image.Image, bytes | None, str]:
+    """Convert a CMYK image through its CMYK profile to sRGB: (RGB image, sRGB profile, note).
+
+    Without a usable profile (damaged, or Pillow built without littleCMS) the naive conversion
+    is left to the caller and the profile is dropped."""
+    try:
+        from PIL import ImageCms
+
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        rgb = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb, outputMode="RGB")
+        return rgb, srgb.tobytes(), "CMYK converted to sRGB through its ICC profile"
+    except Exception as exc:  # noqa: BLE001 - profiles in the wild fail in many ways (PyCMSError, OSError, ...)
+        return img, None, (f"its CMYK ICC profile could not be applied ({exc}); converted to RGB without it "
+                           "and the profile dropped")
 
 
 def to_pil(data: ImageData | np.ndarray) -> Image.Image:
@@ -143,12 +221,22 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(op(pixels)) if op else pixels
 
 
-def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise ImageError(path, f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+def _check_pixels(path: Path, sizes: list[tuple[int, int]], max_pixels: int) -> None:
+    """Refuse, from the headers, frames (width, height) that hold more pixels in all than allowed."""
+    total = sum(w * h for w, h in sizes)
+    if total > max_pixels:
+        width, height = sizes[0]
+        if len(sizes) == 1:
+            what = f"{width}x{height}"
+        elif len(set(sizes)) == 1:
+            what = f"{len(sizes)} frames of {width}x{height}"
+        else:
+            what = f"{len(sizes)} pages"
+        raise ImageError(path, f"{what} = {total:,} pixels exceeds the limit of {max_pixels:,} "
                                "(decompression-bomb guard; raise it with max_pixels / --max-pixels)")
-    if width == 0 or height == 0:
-        raise ImageError(path, f"image has no pixels ({width}x{height})")
+    for width, height in sizes:
+        if width == 0 or height == 0:
+            raise ImageError(path, f"image has no pixels ({width}x{height})")
 
 
 def _read_bytes_head(path: Path) -> bytes:
@@ -167,16 +255,30 @@ def _read_bytes_head(path: Path) -> bytes:
         raise ImageError(path, f"cannot read the file ({exc.strerror or exc})") from None
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> ImageData:
-    """Read PNG/JPEG/WebP/TIFF/BMP (8 or 16 bit, any common mode) with EXIF orientation applied."""
+def _frames_word(fmt: str, count: int) -> str:
+    return f"{count} pages (multi-page TIFF)" if fmt == "TIFF" else f"{count} frames (animated {fmt})"
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None, frames: str = "refuse") -> ImageData:
+    """Read PNG/JPEG/WebP/TIFF/BMP/GIF (8 or 16 bit, any common mode) with EXIF orientation applied.
+
+    max_pixels: largest number of pixels decoded, all frames together (default: Pillow's
+        decompression-bomb limit), checked from the headers before decoding.
+    frames: "refuse" (default): a file with several frames or pages is an error, so that no
+        frame is ever dropped silently; "all": every frame is decoded into `ImageData.animation`.
+    """
+    if frames not in ("refuse", "all"):
+        raise ValueError(f"frames must be 'refuse' or 'all', got {frames!r}")
     path = Path(path)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit < 1:
+        raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
     head = _read_bytes_head(path)
     if not head:
         raise ImageError(path, "empty file (0 bytes)")
     header = png16.read_header(head)
     if header is not None and header[2] == 16 and header[3] in (2, 4, 6):
-        _check_pixels(path, header[0], header[1], limit)
+        _check_pixels(path, [(header[0], header[1])], limit)
         return _read_png16(path)
     # Pillow's own bomb guard stays on; only raise its threshold when the caller allows more pixels.
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
@@ -186,7 +288,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path, formats=READ_FORMATS)
     except UnidentifiedImageError:
-        raise ImageError(path, "not a readable PNG/JPEG/WebP/TIFF/BMP image "
+        raise ImageError(path, "not a readable PNG/JPEG/WebP/TIFF/BMP/GIF image "
                                f"(file starts with {head[:12]!r})") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"refused as a decompression bomb ({exc})") from None
@@ -195,19 +297,78 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(path, f"corrupt image header ({exc})") from None
     with img:
-        _check_pixels(path, img.width, img.height, limit)
-        if img.format == "TIFF" and _is_16bit_colour_tiff(img):
-            return _read_tiff16(path)
+        fmt = img.format
         try:
-            img.load()
-            data = from_pil(img)
+            count = int(getattr(img, "n_frames", 1))
+            if count > 1 and frames == "refuse":
+                raise ImageError(path, f"{_frames_word(fmt, count)}: only single images are read here "
+                                       "(sr4 upscale keeps every frame)")
+            sizes = _frame_sizes(img, count)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError(path, f"truncated or corrupt {img.format} image data ({exc})") from None
-        orientation, exif = _split_exif(img.getexif())
+            if isinstance(exc, ImageError):
+                raise
+            raise ImageError(path, f"corrupt {fmt} frame structure ({exc})") from None
+        _check_pixels(path, sizes, limit)
+        if fmt == "TIFF" and tiff16.is_16bit_colour(img):
+            return _read_tiff16(path, count)
+        try:
+            decoded, durations = [], []
+            for index in range(count):
+                if count > 1:
+                    img.seek(index)
+                img.load()
+                decoded.append(from_pil(img))
+                durations.append(int(round(float(img.info.get("duration") or 0))))
+            loop = img.info.get("loop")
+            if count > 1:
+                img.seek(0)
+            orientation, exif = _split_exif(img.getexif())
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(path, f"truncated or corrupt {fmt} image data ({exc})") from None
+    data = decoded[0]
     data.pixels = _orient(data.pixels, orientation)
     # In TIFF the "EXIF" Pillow reports is the file's own structure tags: never copy those.
-    data.exif = exif if img.format != "TIFF" else None
+    data.exif = exif if fmt != "TIFF" else None
+    if count > 1:
+        frames_px = [data.pixels] + [_orient(d.pixels, orientation) for d in decoded[1:]]
+        if fmt != "TIFF":
+            frames_px = unify_channels(frames_px)  # GIF's first frame may be palette, the others RGB(A)
+            data.pixels = frames_px[0]
+        if fmt == "TIFF":  # pages have no timing
+            durations, loop = [], 0
+        data.animation = Animation(frames_px, durations, int(loop) if loop is not None else None)
     return data
+
+
+def _frame_sizes(img: Image.Image, count: int) -> list[tuple[int, int]]:
+    """(width, height) of every frame; only TIFF pages differ (read from each page's header)."""
+    if count == 1 or img.format != "TIFF":
+        return [img.size] * count
+    sizes = []
+    for index in range(count):
+        img.seek(index)
+        sizes.append(img.size)
+    img.seek(0)
+    return sizes
+
+
+def unify_channels(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Give frames one channel layout: colour if any frame is colour, alpha (opaque) if any has alpha."""
+    layouts = {f.shape[2] for f in frames}
+    if len(layouts) == 1:
+        return frames
+    colour = any(c >= 3 for c in layouts)
+    alpha = any(c in (2, 4) for c in layouts)
+    out = []
+    for f in frames:
+        c = f.shape[2]
+        base, extra = (f[:, :, :1], f[:, :, 1:]) if c <= 2 else (f[:, :, :3], f[:, :, 3:])
+        if colour and base.shape[2] == 1:
+            base = np.repeat(base, 3, axis=2)
+        if alpha and not extra.shape[2]:
+            extra = np.full(f.shape[:2] + (1,), np.iinfo(f.dtype).max if f.dtype.kind == "u" else 1, f.dtype)
+        out.append(np.ascontiguousarray(np.concatenate([base, extra], axis=2)))
+    return out
 
 
 def _split_exif(exif: Image.Exif) -> tuple[int, bytes | None]:
@@ -221,19 +382,16 @@ def _split_exif(exif: Image.Exif) -> tuple[int, bytes | None]:
         return 1, None
 
 
-def _is_16bit_colour_tiff(img: Image.Image) -> bool:
-    bits = img.tag_v2.get(258, (8,)) if hasattr(img, "tag_v2") else (8,)
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    return len(bits) > 1 and max(bits) == 16
-
-
 def _read_png16(path: Path) -> ImageData:
     try:
-        pixels, icc, exif = png16.decode(path.read_bytes())
+        with open(path, "rb") as fh:
+            pixels, icc, exif = png16.decode(fh)
     except png16.PNGError as exc:
         raise ImageError(path, str(exc)) from None
     except PermissionError:
         raise ImageError(path, "permission denied (cannot read the file)") from None
+    except (OSError, struct.error) as exc:
+        raise ImageError(path, f"truncated or corrupt PNG image data ({exc})") from None
     orientation, exif_out = 1, None
     if exif:
         ex = Image.Exif()
@@ -242,27 +400,30 @@ def _read_png16(path: Path) -> ImageData:
         except Exception:  # a corrupt EXIF block must not lose the pixels
             ex = Image.Exif()
         orientation, exif_out = _split_exif(ex)
-    return ImageData(pixels=_orient(pixels, orientation), icc_profile=icc, exif=exif_out)
+    return _with_profile(ImageData(pixels=_orient(pixels, orientation), exif=exif_out), icc)
 
 
-def _read_tiff16(path: Path) -> ImageData:
+def _read_tiff16(path: Path, pages: int) -> ImageData:
     try:
-        import tifffile
-    except ImportError:
-        raise ImageError(path, "16-bit colour TIFF needs the 'tifffile' package (pip install tifffile)") from None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            pixels = page.asarray()
-            icc_tag = page.tags.get(34675)
-            orient_tag = page.tags.get(274)
+        frames, icc, orientation = tiff16.read(path, pages)
+    except tiff16.TIFFError as exc:
+        raise ImageError(path, str(exc)) from None
     except Exception as exc:  # tifffile raises many types for damaged files
         raise ImageError(path, f"truncated or corrupt TIFF image data ({exc})") from None
-    if pixels.ndim == 3 and pixels.shape[0] in (2, 3, 4) and pixels.shape[2] not in (2, 3, 4):
-        pixels = pixels.transpose(1, 2, 0)  # planar configuration
-    icc = bytes(icc_tag.value) if icc_tag is not None else None
-    orientation = int(orient_tag.value) if orient_tag is not None else 1
-    return ImageData(pixels=_orient(pixels.astype(np.uint16), orientation), icc_profile=icc)
+    frames = [_orient(f, orientation) for f in frames]
+    data = ImageData(pixels=frames[0])
+    if pages > 1:
+        data.animation = Animation(frames, [], 0)
+    return _with_profile(data, icc)
+
+
+def _with_profile(data: ImageData, icc: bytes | None) -> ImageData:
+    """Attach `icc` when it describes the pixels; otherwise drop it with a note."""
+    if icc and not icc_matches(icc, data.pixels.shape[2]):
+        data.notes.append(f"its {_icc_space(icc)} ICC profile does not describe the {data.mode} pixels; dropped")
+        icc = None
+    data.icc_profile = icc or None
+    return data
 
 
 # ---------------------------------------------------------------------- writing
@@ -275,56 +436,83 @@ def output_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, quality: int = 95) -> None:
-    """Write atomically; the format follows the suffix (.png .jpg .jpeg .webp .tif .tiff .bmp).
+def _pixels_for(fmt: str, pixels: np.ndarray, animated: bool) -> np.ndarray:
+    """Pixels as `fmt` stores them: 16 bits only in PNG (not animated) and TIFF, no alpha in JPEG/BMP."""
+    if pixels.dtype == np.float32 or pixels.dtype == np.float64:
+        pixels = np.rint(np.clip(pixels, 0, 1) * 65535).astype(np.uint16)
+    if pixels.dtype == np.uint16 and (fmt not in ("PNG", "TIFF") or (fmt == "PNG" and animated)):
+        pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if fmt in ("JPEG", "BMP") and pixels.shape[2] in (2, 4):
+        pixels = pixels[:, :, :-1]  # neither format stores alpha (Pillow reads 32-bit BMP back as RGB)
+    return np.ascontiguousarray(pixels)
+
+
+def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, quality: int = 95,
+                overwrite: bool = True) -> None:
+    """Write atomically; the format follows the suffix (.png .jpg .jpeg .webp .tif .tiff .bmp .gif).
 
     16-bit pixels stay 16-bit in PNG and TIFF and become 8-bit elsewhere; JPEG and BMP drop alpha
-    (they have none); the ICC profile is embedded in every format that supports one.
+    (they have none); the ICC profile is embedded in every format that supports one when it
+    describes the pixels (gray or RGB). Every frame of `data.animation` is written to PNG (APNG),
+    WebP, GIF (re-quantised to 256 colours per frame) and TIFF (pages); JPEG and BMP refuse it.
+    Every byte is checked to be on disk before the file gets its name. With overwrite=False an
+    existing file, also one that appears while writing, is never replaced (`OutputExistsError`).
     """
     path = Path(path)
     if not isinstance(data, ImageData):
         data = ImageData(pixels=data)
     fmt = output_format(path)
-    pixels = data.pixels
-    if pixels.dtype == np.float32 or pixels.dtype == np.float64:
-        pixels = np.rint(np.clip(pixels, 0, 1) * 65535).astype(np.uint16)
-    if pixels.dtype == np.uint16 and fmt not in ("PNG", "TIFF"):
-        pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if fmt in ("JPEG", "BMP") and pixels.shape[2] in (2, 4):
-        pixels = pixels[:, :, :-1]  # neither format stores alpha (Pillow reads 32-bit BMP back as RGB)
-    icc = data.icc_profile
+    frames = data.animation.frames if data.frame_count > 1 else [data.pixels]
+    animated = len(frames) > 1
+    if animated and fmt not in MULTI_FRAME_FORMATS:
+        raise ImageError(path, f"the image has {len(frames)} frames and {fmt} holds one; write PNG, WebP, GIF "
+                               "or TIFF to keep every frame (--ext png|webp|gif|tiff)")
+    frames = [_pixels_for(fmt, f, animated) for f in frames]
+    if animated and fmt != "TIFF":
+        frames = unify_channels(frames)
+        if len({f.shape for f in frames}) > 1:
+            raise ImageError(path, "the pages differ in size; only TIFF holds such pages (--ext tiff)")
+    icc = data.icc_profile if all(icc_matches(data.icc_profile, f.shape[2]) for f in frames) else None
     try:
-        with atomic_path(path) as tmp:
-            if pixels.dtype == np.uint16 and pixels.shape[2] > 1:
-                if fmt == "PNG":
-                    tmp.write_bytes(png16.encode(pixels, icc, exif=data.exif))
-                else:
-                    _write_tiff16(tmp, pixels, icc)
+        with atomic_file(path, replace=overwrite) as fh:
+            if fmt == "TIFF" and any(f.dtype == np.uint16 and f.shape[2] > 1 for f in frames):
+                tiff16.write(fh, frames, icc)
+            elif fmt == "PNG" and frames[0].dtype == np.uint16 and frames[0].shape[2] > 1:
+                fh.write(png16.encode(frames[0], icc, exif=data.exif))
             else:
-                img = to_pil(ImageData(pixels=np.ascontiguousarray(pixels)))
-                kwargs: dict = {"icc_profile": icc} if icc else {}
-                if data.exif and fmt in ("JPEG", "PNG", "WEBP"):
-                    kwargs["exif"] = data.exif
-                if fmt in ("JPEG", "WEBP"):
-                    kwargs["quality"] = quality
-                if fmt == "TIFF":
-                    kwargs["compression"] = "tiff_deflate"
-                img.save(tmp, format=fmt, **kwargs)
-    except ImageError:
+                _save_with_pillow(fh, fmt, frames, data, icc, quality)
+    except (ImageError, OutputExistsError):
         raise
+    except tiff16.TIFFError as exc:
+        raise ImageError(path, str(exc)) from None
     except (OSError, ValueError) as exc:
         problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ImageError(path, f"cannot write the output ({problem})") from None
 
 
-def _write_tiff16(tmp: Path, pixels: np.ndarray, icc: bytes | None) -> None:
-    try:
-        import tifffile
-    except ImportError:
-        raise ImageError(tmp, "16-bit colour TIFF output needs the 'tifffile' package (pip install tifffile)") from None
-    extra = {}
-    if pixels.shape[2] in (2, 4):
-        extra["extrasamples"] = ["unassalpha"]
-    photometric = "minisblack" if pixels.shape[2] <= 2 else "rgb"
-    tags = [(34675, "B", len(icc), icc, True)] if icc else None
-    tifffile.imwrite(tmp, pixels, photometric=photometric, compression="zlib", extratags=tags, **extra)
+def _save_with_pillow(fh, fmt: str, frames: list[np.ndarray], data: ImageData, icc: bytes | None,  # noqa: ANN001
+                      quality: int) -> None:
+    images = [to_pil(ImageData(pixels=f)) for f in frames]
+    kwargs: dict = {"icc_profile": icc} if icc else {}
+    if data.exif and fmt in ("JPEG", "PNG", "WEBP"):
+        kwargs["exif"] = data.exif
+    if fmt in ("JPEG", "WEBP"):
+        kwargs["quality"] = quality
+    if fmt == "TIFF":
+        kwargs["compression"] = "tiff_deflate"
+    if len(images) > 1:
+        kwargs.update(save_all=True, append_images=images[1:])
+        if fmt != "TIFF":
+            animation = data.animation
+            durations = animation.durations if animation and len(animation.durations) == len(images) else []
+            # Pages of a TIFF have no timing: 100 ms each.
+            kwargs["duration"] = [d if d > 0 else 100 for d in durations] or 100
+            loop = animation.loop if animation else 0
+            if fmt == "GIF":
+                if loop is not None:
+                    kwargs["loop"] = loop  # no loop block: the GIF plays once, as its source did
+                if frames[0].shape[2] in (2, 4):
+                    kwargs["disposal"] = 2  # clear each frame, so transparent areas do not show the last one
+            else:
+                kwargs["loop"] = 1 if loop is None else loop
+    images[0].save(fh, format=fmt, **kwargs)

@@ -6,8 +6,10 @@ encodes them itself: zlib + the five PNG row filters (RFC 2083), non-interlaced 
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
+from typing import BinaryIO
 
 import numba
 import numpy as np
@@ -29,9 +31,19 @@ def read_header(head: bytes) -> tuple[int, int, int, int, int] | None:
     return width, height, depth, ctype, interlace
 
 
-def decode(data: bytes) -> tuple[np.ndarray, bytes | None, bytes | None]:
-    """Decode a 16-bit PNG -> (HxWxC uint16, ICC profile or None, raw EXIF or None)."""
-    header = read_header(data[:33])
+#: largest ancillary chunk (ICC profile, EXIF) the decoder keeps, compressed or inflated.
+MAX_METADATA_BYTES = 16 << 20
+
+
+def decode(data: bytes | BinaryIO) -> tuple[np.ndarray, bytes | None, bytes | None]:
+    """Decode a 16-bit PNG (bytes or a binary file) -> (HxWxC uint16, ICC profile or None, raw EXIF or None).
+
+    Memory stays bounded by the size the header declares: the file is read chunk by chunk and
+    the image data is inflated only up to the declared size (a zlib bomb stops there), the ICC
+    and EXIF chunks up to `MAX_METADATA_BYTES`.
+    """
+    fh = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    header = read_header(fh.read(33))  # signature, IHDR and its CRC
     if header is None:
         raise PNGError("not a PNG file")
     width, height, depth, ctype, interlace = header
@@ -39,41 +51,79 @@ def decode(data: bytes) -> tuple[np.ndarray, bytes | None, bytes | None]:
         raise PNGError(f"unsupported PNG bit depth {depth} / colour type {ctype} for the 16-bit decoder")
     if interlace:
         raise PNGError("interlaced 16-bit PNG is not supported; save it non-interlaced")
-    idat, icc, exif = [], None, None
-    pos, ended = 8, False
-    while pos + 8 <= len(data):
-        length, ctype_bytes = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if len(body) < length:
-            break
-        if ctype_bytes == b"IDAT":
-            idat.append(body)
-        elif ctype_bytes == b"iCCP":
-            name_end = body.find(b"\0")
-            try:
-                icc = zlib.decompress(body[name_end + 2:])
-            except zlib.error:
-                icc = None  # a broken profile is dropped, the pixels are still good
-        elif ctype_bytes == b"eXIf":
-            exif = body
-        elif ctype_bytes == b"IEND":
-            ended = True
-            break
-        pos += 12 + length
     channels = CHANNELS[ctype]
     stride = width * channels * 2
-    try:
-        raw = zlib.decompressobj().decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise PNGError(f"corrupt image data ({exc})") from None
-    if len(raw) < height * (stride + 1) or not ended:
-        raise PNGError(f"truncated image data ({len(raw)} of {height * (stride + 1)} bytes decoded)")
-    rows = np.frombuffer(raw, dtype=np.uint8, count=height * (stride + 1)).reshape(height, stride + 1)
+    expected = height * (stride + 1)
+    raw = bytearray()
+    inflater = zlib.decompressobj()
+    icc, exif, ended = None, None, False
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            break
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IDAT":
+            _inflate_chunk(fh, length, inflater, raw, expected)
+        elif kind == b"acTL":
+            body = fh.read(min(length, 8))
+            fh.seek(length - len(body), io.SEEK_CUR)
+            frames = struct.unpack(">I", body[:4])[0] if len(body) >= 4 else 0
+            if frames > 1:
+                raise PNGError(f"animated 16-bit PNG ({frames} frames) is not supported; "
+                               "convert it to 8 bits or to a multi-page TIFF")
+        elif kind in (b"iCCP", b"eXIf") and length <= MAX_METADATA_BYTES:
+            body = fh.read(length)
+            if len(body) < length:
+                break
+            if kind == b"eXIf":
+                exif = body
+            else:
+                icc = _inflate_profile(body)
+        elif kind == b"IEND":
+            ended = True
+            break
+        else:
+            fh.seek(length, io.SEEK_CUR)
+        fh.seek(4, io.SEEK_CUR)  # CRC
+    if len(raw) < expected or not ended:
+        raise PNGError(f"truncated image data ({len(raw)} of {expected} bytes decoded)")
+    rows = np.frombuffer(raw, dtype=np.uint8, count=expected).reshape(height, stride + 1)
     filters = np.ascontiguousarray(rows[:, 0])
     if filters.max(initial=0) > 4:
         raise PNGError("corrupt image data (unknown row filter)")
     pixels = _unfilter(np.ascontiguousarray(rows[:, 1:]), filters, channels * 2)
     return pixels.view(">u2").reshape(height, width, channels).astype(np.uint16), icc, exif
+
+
+def _inflate_chunk(fh: BinaryIO, length: int, inflater, raw: bytearray, expected: int) -> None:  # noqa: ANN001
+    """Feed one IDAT chunk to `inflater`, never producing more than `expected` bytes in all."""
+    left = length
+    while left > 0:
+        piece = fh.read(min(left, 1 << 20))
+        if not piece:
+            return
+        left -= len(piece)
+        if len(raw) >= expected:
+            continue  # the image is complete; extra compressed data is read past, never inflated
+        try:
+            raw += inflater.decompress(piece, expected - len(raw))
+            # Input that did not fit stays in unconsumed_tail; feed it while room remains.
+            while inflater.unconsumed_tail and len(raw) < expected:
+                raw += inflater.decompress(inflater.unconsumed_tail, expected - len(raw))
+        except zlib.error as exc:
+            raise PNGError(f"corrupt image data ({exc})") from None
+
+
+def _inflate_profile(body: bytes) -> bytes | None:
+    name_end = body.find(b"\0")
+    inflater = zlib.decompressobj()
+    try:
+        profile = inflater.decompress(body[name_end + 2:], MAX_METADATA_BYTES)
+    except zlib.error:
+        return None  # a broken profile is dropped, the pixels are still good
+    if inflater.unconsumed_tail:
+        return None  # larger than any real profile: dropped rather than inflated without bound
+    return profile
 
 
 @numba.njit(cache=True)

@@ -5,6 +5,8 @@ Pairing follows the challenge: an SR file's stem minus a trailing ``x4`` names t
 matched on the SR stem) replaces that rule. Every image is converted to 8-bit RGB before scoring
 (gray -> G,G,G, alpha dropped, 16-bit -> round(v * 255 / 65535)), as the challenge read PNGs.
 Unreadable files, missing partners and size mismatches are recorded per image and skipped.
+Folders are listed by `sr4.image.files.list_images`: hidden files and sr4's temporary files
+(left by an interrupted run) are never scored.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sr4.image.files import list_images
 from sr4.image.resize import imresize
 from sr4.metrics.learned import LEARNED, LearnedMetrics, build_learned
 from sr4.metrics.niqe import NIQEConfig, niqe
@@ -28,7 +31,6 @@ from sr4.metrics.score import challenge_score, missing_for_score
 ALL_METRICS = ("psnr", "ssim", "lpips", "dists", "niqe", "clipiqa", "maniqa", "musiq")
 LOWER_BETTER = {"lpips", "dists", "niqe"}
 FULL_REFERENCE_METRICS = ("psnr", "ssim", "lpips", "dists")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_SR_PATTERN = r"^(?P<key>.+?)(?:x4)?$"
 
 
@@ -85,12 +87,6 @@ class EvalResult:
     versions: dict[str, str]
     config: EvalConfig
     device: str
-
-
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a directory")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def pair_files(

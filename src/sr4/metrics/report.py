@@ -12,6 +12,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -35,15 +36,54 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
+#: the files `write_report` writes into its folder, and the sub-folder for crop images (so that
+#: an --out equal to SR_DIR never has its crops scored by the next run).
+REPORT_FILES = ("metrics.csv", "summary.json", "report.html")
+CROPS_DIR = "crops"
+CSV_HEADER = ("image", "sr_file", "hr_file", "width", "height")
+
+
+def csv_text(value: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading = + - @ (or tab / CR) would start a
+    formula, so such cells get a leading apostrophe (the OWASP CSV-injection rule)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def write_csv(result: EvalResult, path: Path) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     metrics = list(result.config.metrics)
-    w.writerow(["image", "sr_file", "hr_file", "width", "height", *metrics, "notes"])
+    w.writerow([*CSV_HEADER, *metrics, "notes"])
     for r in result.images:
-        w.writerow([r.key, str(r.sr), str(r.hr), r.width, r.height,
-                    *[repr(float(r.values[m])) if m in r.values else "" for m in metrics], "; ".join(r.notes)])
+        w.writerow([csv_text(r.key), csv_text(str(r.sr)), csv_text(str(r.hr)), r.width, r.height,
+                    *[repr(float(r.values[m])) if m in r.values else "" for m in metrics],
+                    csv_text("; ".join(r.notes))])
     atomic_write_text(path, buf.getvalue())
+
+
+def foreign_report_files(out_dir: Path) -> list[Path]:
+    """Files in `out_dir` that `write_report` would replace but that sr4 eval did not write."""
+    foreign = []
+    for name in REPORT_FILES:
+        path = Path(out_dir) / name
+        if os.path.lexists(path) and not _written_by_eval(path):
+            foreign.append(path)
+    return foreign
+
+
+def _written_by_eval(path: Path) -> bool:
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    if path.name == "metrics.csv":
+        return head.startswith(",".join(CSV_HEADER) + ",")
+    if path.name == "summary.json":
+        return head.lstrip().startswith("{") and '"sr4_version"' in head
+    return "<title>sr4 eval</title>" in head
 
 
 def _json_num(v):
@@ -204,7 +244,9 @@ def write_report(result: EvalResult, out_dir: Path, sr_dir: Path, hr_dir: Path, 
             ordered = sorted(scored, key=lambda r: r.values[rank], reverse=rank not in LOWER_BETTER)
             picks = [("best", ordered[0])] + ([("worst", ordered[-1])] if len(ordered) > 1 else [])
             for tag, r in picks:
-                showcase.append((tag, r, write_crops(r, out_dir, tag, lr_dir=lr_dir)))
+                crops = write_crops(r, out_dir / CROPS_DIR, tag, lr_dir=lr_dir)
+                crops.update({k: f"{CROPS_DIR}/{v}" for k, v in crops.items() if k != "window"})
+                showcase.append((tag, r, crops))
 
     outputs = {"csv": csv_path.name, "summary": json_path.name, "report": html_path.name,
                "crops": [v for _, _, c in showcase for k, v in c.items() if k != "window"]}

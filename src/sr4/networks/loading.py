@@ -15,6 +15,7 @@ prefix (DataParallel/DDP) is stripped.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
 import zipfile
@@ -59,18 +60,34 @@ class UpsamplerConfig:
 # ----------------------------------------------------------------------------- reading
 
 
+#: safetensors refuses headers above 100 MB; a larger "length" means the file is something else.
+_MAX_SAFETENSORS_HEADER = 100_000_000
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
 def _sniff(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(16)
+    """The checkpoint format from the first bytes: safetensors (an 8-byte little-endian header
+    length, then the JSON header's '{'), a torch zip archive, or a legacy torch pickle.
+
+    safetensors is tested first: its length bytes may start with 0x80, the pickle marker."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     if not head:
         raise CheckpointError(f"{path}: the file is empty")
-    if head[:4] == b"PK\x03\x04":
-        return "torch-zip"
-    # Before the pickle test: a safetensors file starts with its header length, whose low byte is 0x80
-    # (a pickle's PROTO opcode) for one header size in 256; a pickle's byte 8 is never "{".
     if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[:1] == b"\x80":
+        header_len = int.from_bytes(head[:8], "little")
+        if 2 <= header_len <= _MAX_SAFETENSORS_HEADER:
+            if 8 + header_len > size:
+                raise CheckpointError(f"{path}: truncated safetensors file (its header alone declares "
+                                      f"{8 + header_len:,} bytes, the file has {size:,})")
+            return "safetensors"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "torch-zip"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:  # pickle protocol 2..5
         return "torch-legacy"
     raise CheckpointError(f"{path}: not a safetensors file nor a PyTorch checkpoint (unrecognised header {head[:8]!r})")
 
@@ -84,16 +101,21 @@ def _load_raw(path: Path) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+            raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc))
+        what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path}: refused to load: the pickle contains objects other than tensors and plain containers "
-            f"(loaded with weights_only=True; convert it to .safetensors if you trust it). Detail: {exc}"
-        ) from exc
+            f"{path}: refused: it holds pickled Python objects{what} besides tensors, and sr4 never runs pickled "
+            "code; if you trust its source, re-save its tensors once as .safetensors (torch.load in an isolated "
+            "session, then safetensors.torch.save_file) and pass that file"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: truncated or corrupt PyTorch checkpoint ({type(exc).__name__}: {detail})"
+                              ) from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -259,6 +281,10 @@ def build_and_load(config: UpsamplerConfig, sd: dict[str, torch.Tensor], name: s
     report = _mismatch_report(model, sd)
     if report:
         raise CheckpointError(f"{name}: checkpoint does not match {config.arch}({config.kwargs}): {report}")
+    broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{name}: {len(broken)} of {len(sd)} tensors hold NaN or infinite values (first: "
+                              f"{broken[0]}); the file is damaged or comes from a diverged training run")
     model.load_state_dict(sd, strict=True, assign=True)
     return model
 

@@ -15,12 +15,17 @@ torch tensors of any common mode and returns the same type:
 
 Every call builds its own `torch.Generator` seeded from `seed`, so concurrent calls on one
 processor are independent and each result depends only on (image, seed).
+
+A result holding NaN or infinite values is never returned: `NonFiniteOutputError` names the model
+(an all-black "upscaled" image would otherwise pass for a result).
 """
 
 from __future__ import annotations
 
 import abc
+import contextvars
 import inspect
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +45,24 @@ ImageT = TypeVar("ImageT")
 # ITU-R 601 luma, the weights Pillow uses for RGB -> L.
 _LUMA = (0.299, 0.587, 0.114)
 
+log = logging.getLogger("sr4")
+# Notes of the `process_image_data` call running in this thread / context (None outside one).
+_CALL_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("sr4_call_notes", default=None)
+
+
+def add_note(text: str) -> None:
+    """Tell the user something about the current image (e.g. a tile recomputed in float32): it goes
+    to the `notes` of the `ImageData` that `process_image_data` returns, or to the log outside one."""
+    notes = _CALL_NOTES.get()
+    if notes is None:
+        log.warning(text)
+    elif text not in notes:
+        notes.append(text)
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN or infinite values for an image."""
+
 
 class ImageProcessor(abc.ABC):
     """Base of `sr4.Upscaler` and `sr4.Pipeline`: subclasses set `scale` and implement `upscale_rgb`."""
@@ -51,6 +74,8 @@ class ImageProcessor(abc.ABC):
     #: how alpha is upscaled: "bicubic" (default: smooth, cheap, no invented texture) or
     #: "network" (alpha replicated to RGB and sent through `upscale_rgb`, then averaged).
     alpha_upsampler: str = "bicubic"
+    #: how errors name the model (a checkpoint path, a model folder, ...).
+    model_name: str = "the model"
 
     @property
     def device(self) -> torch.device:
@@ -159,7 +184,7 @@ class ImageProcessor(abc.ABC):
             # `progress` is optional in the contract: only pass it to implementations that take it.
             takes_progress = "progress" in inspect.signature(self.upscale_rgb).parameters
             out = self.upscale_rgb(x, gen, progress) if takes_progress else self.upscale_rgb(x, gen)
-            out = out.float()[0].clamp_(0.0, 1.0).to(planes.device)
+            out = self._finite(out.float()[0]).clamp_(0.0, 1.0).to(planes.device)
             if out.shape[-2:] != (h * self.scale, w * self.scale):
                 raise RuntimeError(f"upscaler returned {tuple(out.shape[-2:])} for a {h}x{w} input at scale "
                                    f"{self.scale}; expected {(h * self.scale, w * self.scale)}")
@@ -180,8 +205,20 @@ class ImageProcessor(abc.ABC):
             raise ValueError(f"alpha_upsampler must be 'bicubic' or 'network', got {self.alpha_upsampler!r}")
         x = alpha.expand(3, *alpha.shape[-2:]).unsqueeze(0).contiguous()
         with torch.no_grad():
-            out = self.upscale_rgb(x, self.make_generator(seed)).float()[0].mean(0, keepdim=True)
+            out = self._finite(self.upscale_rgb(x, self.make_generator(seed)).float()[0]).mean(0, keepdim=True)
         return out.clamp_(0.0, 1.0).to(alpha.device)
+
+    def _finite(self, out: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            raise NonFiniteOutputError(
+                f"{self.model_name} produced NaN or infinite values ({bad:,} of {out.numel():,}) for this image "
+                f"({self._precision()}); no output written: the weights are damaged or the computation overflowed")
+        return out
+
+    def _precision(self) -> str:
+        dtype = getattr(self, "dtype", None)
+        return f"{str(dtype).removeprefix('torch.')} on {self.device}" if dtype is not None else f"on {self.device}"
 
     # ------------------------------------------------------------------ files
 
@@ -192,27 +229,44 @@ class ImageProcessor(abc.ABC):
 
         Bit depth, gray/colour, alpha, the ICC profile and EXIF (less the orientation, already
         applied) are kept where the output format allows (16 bits only in PNG/TIFF; JPEG and BMP
-        drop alpha; EXIF goes to JPEG/PNG/WebP). Raises `sr4.image.io.ImageError` naming the
-        file for unreadable input or unwritable output, FileExistsError when `dst` exists and
-        `overwrite` is False.
+        drop alpha; EXIF goes to JPEG/PNG/WebP); every frame of an animated or multi-page file is
+        upscaled (JPEG/BMP outputs refuse those). Raises `sr4.image.io.ImageError` naming the
+        file for unreadable input or unwritable output, FileExistsError when `dst` exists (also
+        when it appears while this call works) and `overwrite` is False.
         """
         from sr4.image.io import read_image, write_image
 
         dst = Path(dst)
         if dst.exists() and not overwrite:
             raise FileExistsError(f"{dst}: output exists (overwrite it or skip it explicitly)")
-        data = read_image(src, max_pixels=max_pixels)
+        data = read_image(src, max_pixels=max_pixels, frames="all")
         write_image(dst, self.process_image_data(data, seed=seed, outscale=outscale, progress=progress),
-                    quality=quality)
+                    quality=quality, overwrite=overwrite)
         return dst
 
     def process_image_data(self, data: ImageData, *, seed: int | None = None, outscale: float | None = None,
                            progress: ProgressFn | None = None) -> ImageData:
-        """Upscale an `sr4.image.io.ImageData` (as `read_image` returns it), keeping its ICC and EXIF."""
-        from sr4.image.io import ImageData
+        """Upscale an `sr4.image.io.ImageData` (as `read_image` returns it), keeping its ICC and EXIF.
 
-        pixels = self.process_array(data.pixels, seed=seed, outscale=outscale, progress=progress)
-        return ImageData(pixels=pixels, icc_profile=data.icc_profile, exif=data.exif)
+        Every frame of `data.animation` is upscaled with the same seed, so a still stays still.
+        The result's `notes` hold the input's and what happened while processing."""
+        from sr4.image.io import Animation, ImageData
+
+        token = _CALL_NOTES.set([])
+        try:
+            if data.animation is None:
+                pixels, animation = self.process_array(data.pixels, seed=seed, outscale=outscale,
+                                                       progress=progress), None
+            else:
+                frames = [self.process_array(f, seed=seed, outscale=outscale, progress=progress)
+                          for f in data.animation.frames]
+                pixels = frames[0]
+                animation = Animation(frames, list(data.animation.durations), data.animation.loop)
+            notes = _CALL_NOTES.get() or []
+        finally:
+            _CALL_NOTES.reset(token)
+        return ImageData(pixels=pixels, icc_profile=data.icc_profile, exif=data.exif,
+                         notes=list(data.notes) + notes, animation=animation)
 
 
 def resize_planes(planes: torch.Tensor, size: tuple[int, int] | Any) -> torch.Tensor:

@@ -22,7 +22,9 @@ def list_inputs(input_path: str | os.PathLike) -> list[Path]:
     folder = Path(input_path)
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder {str(folder)!r} does not exist or is not a directory")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+    # Like the official glob, hidden files (sr4's temporary files among them) are not inputs.
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith("."))
 
 
 def main(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,
@@ -38,8 +40,10 @@ def main(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_pat
     from sr4.pipeline.snucv import Pipeline
 
     inputs = list_inputs(input_path)
-    pipe = Pipeline.from_model_dir(model_dir, device="auto" if device is None else device, **options)
     out_dir = Path(output_path)
+    if out_dir.is_dir() and os.path.samefile(out_dir, input_path):
+        raise ValueError(f"output_path {str(out_dir)!r} is the input folder: the results would replace the LR images")
+    pipe = Pipeline.from_model_dir(model_dir, device="auto" if device is None else device, **options)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src in inputs:

@@ -175,8 +175,11 @@ class Pipeline(ImageProcessor):
 
             upsampler = Upscaler(folder.upsampler, tile=upsampler_tile, tile_overlap=upsampler_tile_overlap,
                                  device=dev, dtype=upsampler_dtype, seed=seed)
-        return cls(refiner, upsampler, pipeline=pipeline, color_fix=color_fix, seed=seed, vae_tiling=vae_tiling,
-                   device=dev, process_size=process_size, upscale=upscale, seed_stream=seed_stream)
+        processor = cls(refiner, upsampler, pipeline=pipeline, color_fix=color_fix, seed=seed,
+                        vae_tiling=vae_tiling, device=dev, process_size=process_size, upscale=upscale,
+                        seed_stream=seed_stream)
+        processor.model_name = f"the {pipeline} model folder {folder.root}"
+        return processor
 
     def make_generator(self, seed: int | None = None) -> torch.Generator:
         if self.seed_stream == "image":

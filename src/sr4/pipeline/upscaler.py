@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
+import threading
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sr4.pipeline.base import ImageProcessor, ProgressFn
+from sr4.pipeline.base import ImageProcessor, ProgressFn, add_note
 from sr4.pipeline.tiling import TileOptions, auto_tile_size, fits_untiled, upscale_with_fallback
 from sr4.utils.device import resolve_device, resolve_dtype
 from sr4.utils.rng import advance_generator
@@ -42,6 +44,10 @@ class Upscaler(ImageProcessor):
     seed: default seed of the per-call generator (MambaIRv2 draws routing noise at inference).
     alpha: "bicubic" (default) or "network": how the alpha channel of LA/RGBA images is upscaled.
 
+    In float16, a tile whose output overflows (NaN or inf) is recomputed in float32 with the same
+    random draws, and the result's notes say so; a float32 result that is still not finite is an
+    error naming the model (`sr4.pipeline.base.NonFiniteOutputError`).
+
     Calls are stateless: one Upscaler may be used from several threads at once.
     """
 
@@ -58,28 +64,37 @@ class Upscaler(ImageProcessor):
         self.is_bicubic = isinstance(model, str) and model == BICUBIC
         self.is_default = model is None
         if model is None:
-            from sr4.networks.default import load_default_upsampler
+            from sr4.networks.default import DEFAULT_MODEL, load_default_upsampler
 
             module: nn.Module = load_default_upsampler()
+            self.model_name = f"sr4's bundled model {DEFAULT_MODEL.name}"
         elif self.is_bicubic:
             from sr4.networks.bicubic import BicubicUpsampler
 
             module = BicubicUpsampler(4)
+            self.model_name = "bicubic"
         elif isinstance(model, (str, os.PathLike)):
             from sr4.networks.loading import load_upsampler
 
             module = load_upsampler(Path(model))
+            self.model_name = f"the model {model}"
         elif isinstance(model, nn.Module):
             module = model
+            self.model_name = f"the model {type(model).__name__}"
         else:
             raise TypeError(f"model must be None (bundled default), 'bicubic', a checkpoint path or an nn.Module, "
                             f"got {type(model).__name__}")
         if not isinstance(getattr(module, "scale", None), int) or module.scale < 1:
             raise ValueError(f"upsampler {type(module).__name__} has no positive integer `scale` attribute")
+        # In float16 keep the float32 weights (host memory) for recomputing tiles that overflow.
+        self._fp32_copy: nn.Module | None = (copy.deepcopy(module).float().cpu().eval().requires_grad_(False)
+                                             if self.dtype == torch.float16 else None)
+        self._fp32_lock = threading.Lock()
         self.model = module.to(device=self._device, dtype=self.dtype).eval().requires_grad_(False)
         self.scale = int(module.scale)
         self.min_size = int(getattr(module, "min_size", 1))
         self._takes_generator = _accepts_generator(module)
+        self._fp32_on_device = False
 
     @property
     def device(self) -> torch.device:
@@ -102,13 +117,29 @@ class Upscaler(ImageProcessor):
         return tile
 
     def _forward(self, generator: torch.Generator, sizes: list[tuple[int, int]]):
+        def call(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return model(x, generator=generator) if self._takes_generator else model(x)
+
         def run(x: torch.Tensor) -> torch.Tensor:
             sizes.append(tuple(x.shape[-2:]))
-            x = x.to(device=self._device, dtype=self.dtype)
-            y = self.model(x, generator=generator) if self._takes_generator else self.model(x)
-            return y
+            if self.dtype != torch.float16:
+                return call(self.model, x.to(device=self._device, dtype=self.dtype))
+            state = generator.get_state()
+            y = call(self.model, x.to(device=self._device, dtype=self.dtype))
+            if bool(torch.isfinite(y).all()):
+                return y
+            generator.set_state(state)  # the same random draws as the float16 attempt
+            add_note(f"{self.model_name} overflowed in float16 on some tiles; they were recomputed in float32")
+            return call(self._float32_model(), x.to(device=self._device, dtype=torch.float32))
 
         return run
+
+    def _float32_model(self) -> nn.Module:
+        with self._fp32_lock:  # moved to the device on the first overflow only
+            if not self._fp32_on_device:
+                self._fp32_copy = self._fp32_copy.to(self._device)
+                self._fp32_on_device = True
+            return self._fp32_copy
 
     def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None
                     ) -> torch.Tensor:
