@@ -10,7 +10,7 @@ Rules every batch follows (`sr4 upscale`, `sr4 eval --lr-dir`):
   or reported; one that appears while the run works (another run, the user) is never replaced
   unless `overwrite`: the final rename refuses (`sr4.utils.atomic.publish`).
 * SIGINT / SIGTERM (`sr4.utils.signals.Interrupted`) stop the batch between steps: images not
-  started are left, the write in progress finishes (or fails and removes its temporary file),
+  started are left, images already computed are written (or fail and remove their temporary files),
   and the caller gets the signal back to report and exit with.
 """
 
@@ -262,10 +262,10 @@ def process_jobs(processor: Any, todo: list[Job], options: BatchOptions, report:
         for future in reads:
             future.cancel()
         reader.shutdown(wait=False, cancel_futures=True)  # reading leaves nothing behind
-        # A write already running finishes (or fails and removes its temporary file); queued ones are dropped.
+        # Images already computed are written (at most two wait here), so nothing done is thrown away; a write
+        # that fails removes its temporary file.
         for job, future in writes:
-            if not future.cancel():
-                collect(job, future)
+            collect(job, future)
         writer.shutdown(wait=True)
     if stop is not None:
         report.unfinished = [job.src for job in todo if job.src not in settled]
