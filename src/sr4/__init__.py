@@ -12,6 +12,7 @@ _LAZY = {
     "load_upsampler": "sr4.networks.loading",
     "Upscaler": "sr4.pipeline.upscaler",
     "Pipeline": "sr4.pipeline.snucv",
+    "Sr4Error": "sr4.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

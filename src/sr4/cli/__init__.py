@@ -41,8 +41,10 @@ EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. Exit status: the command's own (0, 1, 2), 128 + N when signal N
-    (SIGINT 130, SIGTERM 143) stopped it, 141 when the reader of stdout went away."""
+    """Run one command. Exit status: the command's own (0, 1, 2), 2 for an `sr4.errors.Sr4Error` a command
+    did not handle (printed as `sr4 CMD: message`, no traceback), 128 + N when signal N (SIGINT 130,
+    SIGTERM 143) stopped it, 141 when the reader of stdout went away."""
+    from sr4.errors import Sr4Error
     from sr4.utils.signals import Interrupted, exit_at_once_on_signals, stop_on_signals
 
     name = "sr4"
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             code = int(import_module(args._module).run(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
             return code
+    except Sr4Error as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
     except (Interrupted, KeyboardInterrupt) as exc:
         stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         print(f"{name}: stopped by {stopped.name}", file=sys.stderr)

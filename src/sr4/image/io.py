@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sr4.errors import ImageError, OutputExistsError
 from sr4.image import png16, tiff16
-from sr4.utils.atomic import OutputExistsError, atomic_file
+from sr4.utils.atomic import atomic_file
 
 #: default pixel limit (Pillow's own decompression-bomb threshold); images above it are refused
 #: from their header, before any decoding, unless a caller passes a larger `max_pixels`.
@@ -48,15 +49,6 @@ MULTI_FRAME_FORMATS = ("PNG", "WEBP", "GIF", "TIFF")
 _MODE_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 # ICC header colour space (bytes 16..20) a profile must declare for pixels with this many channels.
 _ICC_SPACE_BY_CHANNELS = {1: b"GRAY", 2: b"GRAY", 3: b"RGB ", 4: b"RGB "}
-
-
-class ImageError(ValueError):
-    """An image file that cannot be read or written; `str()` starts with the path."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-
-class WeightsError(RuntimeError):
-    """A weight file is missing, unreadable or does not fit the network."""
+from sr4.errors import WeightsError
 
 
 @dataclass(frozen=True)

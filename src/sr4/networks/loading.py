@@ -26,14 +26,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from sr4.errors import CheckpointError
+
 ARCHS = ("MambaIRv2", "MambaIRv2Light")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
 _SIGNATURE_KEYS = ("conv_first.weight", "layers.0.residual_group.layers.0.win_mhsa.relative_position_bias_table",
                    "layers.0.residual_group.layers.0.assm.selectiveScan.A_logs")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, is not a MambaIRv2 one, or does not fit the network."""
 
 
 @dataclass

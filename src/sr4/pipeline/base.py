@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sr4.errors import NonFiniteOutputError
+
 if TYPE_CHECKING:
     from sr4.image.io import ImageData
 
@@ -58,10 +60,6 @@ def add_note(text: str) -> None:
         log.warning(text)
     elif text not in notes:
         notes.append(text)
-
-
-class NonFiniteOutputError(RuntimeError):
-    """The model produced NaN or infinite values for an image."""
 
 
 class ImageProcessor(abc.ABC):

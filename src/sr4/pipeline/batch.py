@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sr4.errors import OutputExistsError
 from sr4.image.files import IMAGE_SUFFIXES, list_images
-from sr4.utils.atomic import OutputExistsError, is_temp_name
+from sr4.utils.atomic import is_temp_name
 from sr4.utils.signals import Interrupted
 
 #: --ext value -> output suffix ("keep" keeps the input's).

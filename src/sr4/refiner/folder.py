@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sr4.errors import ModelFolderError
+
 # Weight files diffusers accepts for a component, in the order we prefer them.
 _WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -29,10 +31,6 @@ _COMPONENTS = {
     "transformer": "SD3-medium transformer (diffusers layout)",
     "vae": "SD3-medium VAE (diffusers layout)",
 }
-
-
-class ModelFolderError(FileNotFoundError):
-    """The model folder is missing files; the message lists all of them."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sr4.errors import LoraError
+
 # SPEC §3: the transformer's peft targets (suffix match, so "proj" also hits pos_embed.proj and ff.*.proj).
 TRANSFORMER_TARGETS: tuple[str, ...] = (
     "to_k", "to_q", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "proj", "linear", "proj_out",
@@ -40,10 +42,6 @@ VAE_TARGETS: tuple[str, ...] = _vae_targets()
 KEY_PREFIX = "transformer."
 ADAPTER = "default"
 _MAX_LISTED = 40
-
-
-class LoraError(ValueError):
-    """A LoRA file does not fit the model it is applied to."""
 
 
 def _listing(names: list[str]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from sr4.errors import CheckpointError
 from sr4.utils.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger("sr4.train")
@@ -28,10 +29,6 @@ EMA_WEIGHTS = "model_ema.safetensors"
 STATE = "training_state.pt"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,9 +16,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
+from sr4.errors import ConfigError
 
 
 @dataclass

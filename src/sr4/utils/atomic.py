@@ -30,24 +30,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from sr4.errors import OutputExistsError
+
 TEMP_PREFIX = ".sr4-tmp-"
 _TEMP_NAME = re.compile(r"^\.sr4-tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{6}\.")
 #: temporary files of another machine (shared folders) are swept only when older than this.
 FOREIGN_TEMP_AGE_S = 24 * 3600
 # errno values meaning "this file system cannot make hard links" (then we re-check and rename).
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK, errno.EACCES}
-
-
-class OutputExistsError(FileExistsError):
-    """The final name was taken (by another process or the user) and replacing was not allowed."""
-
-    def __init__(self, target: str | os.PathLike):
-        self.target = Path(target)
-        super().__init__(errno.EEXIST, "a file appeared under this name while it was being written; left alone",
-                         str(target))
-
-    def __str__(self) -> str:
-        return f"{self.target}: a file appeared under this name while sr4 was writing it; left alone"
 
 
 class ShortWriteError(OSError):
