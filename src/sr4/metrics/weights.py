@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sr4.errors import WeightsError
+from sr4.errors import CheckpointError, WeightsError
 
 
 @dataclass(frozen=True)
@@ -69,23 +69,15 @@ METRIC_FILES: dict[str, tuple[WeightFile, ...]] = {
     "musiq": (MUSIQ_KONIQ,),
 }
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a .pth/.pt/.safetensors state dict safely (no pickled code), unwrapping common nesting."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    """A metric's weight file through `sr4.checkpoints.read_state_dict` (no pickled code), unwrapping pyiqa's and
+    torchvision's nesting; any problem is a `WeightsError` naming the file."""
+    from sr4.checkpoints import read_state_dict as read
 
-            obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickled objects, ...
-        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    for key in ("params", "state_dict", "model"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: not a state dict of tensors")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    try:
+        return read(path, wrappers=("params", "state_dict", "model"))
+    except CheckpointError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise WeightsError(f"{path}: cannot read weights ({reason})") from None
 
 
 def assign(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: Path, filled: set[str]) -> None:

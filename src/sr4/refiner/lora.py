@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sr4.errors import LoraError
+from sr4.checkpoints import load_object
+from sr4.errors import CheckpointError, LoraError
 
 # SPEC §3: the transformer's peft targets (suffix match, so "proj" also hits pos_embed.proj and ff.*.proj).
 TRANSFORMER_TARGETS: tuple[str, ...] = (
@@ -51,19 +52,17 @@ def _listing(names: list[str]) -> str:
 
 
 def read_lora_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a TSD-SR LoRA safetensors file (on CPU)."""
-    from safetensors.torch import load_file
-
+    """All tensors of a TSD-SR LoRA file (on CPU), read by `sr4.checkpoints.load_object`."""
     path = Path(path)
+    if not path.is_file():
+        raise LoraError(f"{path}: LoRA file not found")
     try:
-        state = load_file(str(path), device="cpu")
-    except FileNotFoundError:
-        raise LoraError(f"{path}: LoRA file not found") from None
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise LoraError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if not state:
+        state = load_object(path)
+    except CheckpointError as exc:
+        raise LoraError(str(exc)) from None
+    if not isinstance(state, dict) or not state:
         raise LoraError(f"{path}: LoRA file holds no tensors")
-    return state
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def detect_rank(state: dict[str, torch.Tensor], source: str) -> int:

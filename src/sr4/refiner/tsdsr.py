@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sr4.checkpoints import load_object
+from sr4.errors import CheckpointError
 from sr4.refiner.folder import ModelFolder, validate_model_folder
 from sr4.refiner.lora import TRANSFORMER_TARGETS, VAE_TARGETS, attach_lora, merge_lora, read_lora_file
 from sr4.refiner.tiling import VAETileConfig, run_latent_tiles, run_vae_tiled
@@ -69,13 +71,10 @@ class RefinerConfig:
 
 
 def _load_embeddings(path: os.PathLike, what: str, ndim: int) -> torch.Tensor:
-    try:
-        tensor = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read {what} ({exc})") from exc
+    tensor = load_object(path)
     if not isinstance(tensor, torch.Tensor) or tensor.dim() != ndim:
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise ValueError(f"{path}: {what} must be a {ndim}-d tensor, got {shape}")
+        raise CheckpointError(f"{path}: {what} must be a {ndim}-d tensor, got {shape}")
     return tensor
 
 

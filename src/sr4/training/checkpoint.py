@@ -17,8 +17,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from sr4.checkpoints import load_object, read_state_dict
 from sr4.errors import CheckpointError
 from sr4.utils.atomic import atomic_path, atomic_write_text
 
@@ -47,10 +48,7 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - report which file is bad
-        raise CheckpointError(f"{path}: cannot read weights ({exc})") from exc
+    return read_state_dict(path)
 
 
 def save_checkpoint(exp_dir: Path, step: int, weights: dict[str, torch.Tensor], state: dict,
@@ -99,10 +97,7 @@ def load_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     """(weights, ema weights or None, training state)."""
     weights = load_weights(ckpt / WEIGHTS)
     ema = load_weights(ckpt / EMA_WEIGHTS) if (ckpt / EMA_WEIGHTS).is_file() else None
-    try:
-        state = torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{ckpt / STATE}: cannot read training state ({exc})") from exc
+    state = load_object(ckpt / STATE)
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{ckpt / STATE}: not a training state (no 'step')")
     return weights, ema, state
