@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from sr4.networks.selective_scan import selective_scan, selective_scan_reference
+from sr4.networks.scan import selective_scan, selective_scan_reference
 
 
 def make_inputs(batch: int, hidden: int, d_state: int, length: int, groups: int, seed: int) -> dict:

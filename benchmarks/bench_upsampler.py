@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from sr4.networks.mambairv2 import MambaIRv2
-    from sr4.networks.selective_scan import selective_scan_reference
+    from sr4.networks.scan import selective_scan_reference
 
     torch.manual_seed(args.seed)
     sr4_model = MambaIRv2(**CLASSIC_S_X4, scan_backend="auto").eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import warnings
 import pytest
 import torch
 
-from sr4.networks import scan_cuda, scan_numba
-from sr4.networks.selective_scan import available_backends, selective_scan, selective_scan_reference
+from sr4.networks.scan import BACKEND_TABLE, available_backends, selective_scan, selective_scan_reference
+from sr4.networks.scan import mamba as scan_cuda
+from sr4.networks.scan import numba_backend as scan_numba
+from sr4.networks.scan.chunked import selective_scan_chunked
 
 FAST_BACKENDS = [name for name in available_backends("cpu") if name != "reference"]
 if torch.cuda.is_available():
@@ -145,7 +148,6 @@ def test_fast_backend_half_precision_inputs(backend):
     torch.testing.assert_close(y.cpu().float(), y_ref.float(), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.skipif(not scan_numba.numba_available(), reason="numba not installed")
 @pytest.mark.parametrize(("groups", "softplus"), [(1, True), (2, False)])
 def test_numba_gradcheck_float64(groups, softplus):
     x = make_inputs(2, 4, 3, 6, groups=groups, dtype=torch.float64, seed=11, delta_scale=0.5)
@@ -157,7 +159,6 @@ def test_numba_gradcheck_float64(groups, softplus):
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.skipif(not scan_numba.numba_available(), reason="numba not installed")
 def test_numba_backward_only_for_needed_inputs_and_3d_b():
     x = make_inputs(1, 4, 3, 10, groups=1)
     x3 = {k: (None if v is None else v.detach()) for k, v in x.items()}
@@ -170,7 +171,6 @@ def test_numba_backward_only_for_needed_inputs_and_3d_b():
     torch.testing.assert_close(x3["B"].grad, ref_b.grad, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(not scan_numba.numba_available(), reason="numba not installed")
 def test_numba_concurrent_calls_from_threads():
     inputs = [make_inputs(1, 24, 8, 700, groups=2, seed=s) for s in range(4)]
     with torch.no_grad():
@@ -191,25 +191,20 @@ def test_numba_concurrent_calls_from_threads():
 
 
 def test_auto_dispatch_on_cpu(monkeypatch):
+    # numba is a dependency of sr4: 'auto' on CPU tensors is always the numba kernels, called once per scan
     x = make_inputs()
     calls = []
-    real = scan_numba.selective_scan_numba
+    numba = BACKEND_TABLE["numba"]
 
-    def spy(*args):
+    def spy(args):
         calls.append(args)
-        return real(*args)
+        return numba.run(args)
 
-    if scan_numba.numba_available():
-        monkeypatch.setattr(scan_numba, "selective_scan_numba", spy)
-        selective_scan(**x, delta_softplus=True)
-        assert len(calls) == 1
-    # Without numba, auto falls back to the reference exactly.
-    monkeypatch.setattr(scan_numba, "numba_available", lambda: False)
+    monkeypatch.setitem(BACKEND_TABLE, "numba", dataclasses.replace(numba, run=spy))
     with torch.no_grad():
         torch.testing.assert_close(selective_scan(**x, delta_softplus=True),
-                                   selective_scan_reference(**x, delta_softplus=True), rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match="numba"):
-        selective_scan(**x, backend="numba")
+                                   selective_scan_reference(**x, delta_softplus=True), rtol=1e-4, atol=1e-5)
+    assert len(calls) == 1
 
 
 def test_dispatch_errors():
@@ -252,21 +247,20 @@ def test_cuda_module_without_mamba_ssm(monkeypatch):
 
 def test_import_compiles_nothing_and_skips_optional_packages():
     code = (
-        "import sys, sr4, sr4.networks.selective_scan, sr4.networks.scan_numba, sr4.networks.scan_cuda\n"
+        "import sys, sr4, sr4.networks.scan, sr4.networks.scan.numba_backend, sr4.networks.scan.mamba\n"
         "assert 'numba' not in sys.modules, 'numba imported'\n"
         "assert 'mamba_ssm' not in sys.modules, 'mamba_ssm imported'\n"
-        "from sr4.networks import scan_numba_kernels as k\n"
+        "from sr4.networks.scan import numba_kernels as k\n"
         "assert not k.scan_forward.signatures and not k.scan_backward.signatures, 'compiled at import'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.skipif(not scan_numba.numba_available(), reason="numba not installed")
 def test_fast_exp_float32_accuracy_and_special_values():
     import numpy as np
     from numba import njit
 
-    from sr4.networks.scan_numba_kernels import fast_exp
+    from sr4.networks.scan.numba_kernels import fast_exp
 
     @njit
     def apply(x, out):
@@ -296,7 +290,7 @@ def test_empty_sequence(backend):
 @pytest.mark.parametrize(("chunk", "groups"), [(1, 1), (4, 2), (7, 1)])
 def test_chunked_scan_carries_state_across_chunks(chunk, groups):
     x = make_inputs(2, 6, 5, 19, groups=groups, dtype=torch.float64, seed=chunk, delta_scale=3.0)
-    y = scan_cuda.selective_scan_chunked(**x, delta_softplus=True, chunk=chunk)
+    y = selective_scan_chunked(**x, delta_softplus=True, chunk=chunk)
     ref_inputs = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
     y_ref = selective_scan_reference(**ref_inputs, delta_softplus=True)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
@@ -306,9 +300,8 @@ def test_chunked_scan_carries_state_across_chunks(chunk, groups):
         torch.testing.assert_close(tensor.grad, ref_inputs[name].grad, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.skipif(not scan_numba.numba_available(), reason="numba not installed")
 def test_numba_compiles_one_signature_per_float_width():
-    from sr4.networks import scan_numba_kernels as kernels
+    from sr4.networks.scan import numba_kernels as kernels
 
     variants = [
         make_inputs(1, 4, 3, 7, groups=1),

@@ -8,7 +8,7 @@ from typing import Any
 _LAZY = {
     "MambaIRv2": "sr4.networks.mambairv2",
     "MambaIRv2Light": "sr4.networks.mambairv2_light",
-    "selective_scan": "sr4.networks.selective_scan",
+    "selective_scan": "sr4.networks.scan",
     "read_state_dict": "sr4.networks.loading",
     "detect_upsampler": "sr4.networks.loading",
     "load_upsampler": "sr4.networks.loading",

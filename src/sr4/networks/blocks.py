@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sr4.networks.selective_scan import BACKENDS, selective_scan
+from sr4.networks.scan import BACKENDS, selective_scan
 from sr4.utils.windows import relative_position_index, shifted_window_mask, window_partition
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -638,7 +638,7 @@ class MambaIRv2Base(nn.Module):
 
     @property
     def scan_backend(self) -> str:
-        """The ``selective_scan`` backend every ASSM uses (see :mod:`sr4.networks.selective_scan`); settable."""
+        """The ``selective_scan`` backend every ASSM uses (see :mod:`sr4.networks.scan`); settable."""
         return self._scan_backend
 
     @scan_backend.setter

@@ -15,8 +15,8 @@ Design:
 - Work is split into contiguous channel ranges run on `torch.get_num_threads()` Python threads; the
   kernels release the GIL. No state is shared between calls, so concurrent calls are safe.
 
-numba is imported on first use and the kernels compile on their first call (then load from the on-disk
-cache), so importing sr4 never compiles anything. Every call is normalised to contiguous arrays of
+numba (a dependency of sr4) is imported on first use and the kernels compile on their first call (then load from
+the on-disk cache), so importing sr4 never compiles anything. Every call is normalised to contiguous arrays of
 fixed rank and always passes D (zeros when absent), so each kernel has at most two compiled
 signatures (float32 and float64).
 """
@@ -25,30 +25,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from sr4.networks.selective_scan import check_scan_args
-
-
-@lru_cache(maxsize=1)
-def numba_available() -> bool:
-    """True when numba can be imported (checked once, without compiling anything)."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from sr4.networks.scan.args import ScanArgs, scan_function
 
 
 def _kernels() -> ModuleType:
-    from sr4.networks import scan_numba_kernels
+    """The kernel module, imported (with numba) on the first scan."""
+    from sr4.networks.scan import numba_kernels
 
-    return scan_numba_kernels
+    return numba_kernels
 
 
 def _run_split(fn: Callable[[int, int, int], None], total: int, parts: int) -> None:
@@ -158,21 +148,14 @@ class SelectiveScanNumba(torch.autograd.Function):
         )
 
 
-def selective_scan_numba(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-) -> torch.Tensor:
+def numba_scan(args: ScanArgs) -> torch.Tensor:
     """Selective scan on CPU tensors with the numba kernels (differentiable in every tensor argument)."""
-    check_scan_args(u, delta, A, B, C, D, delta_bias)
-    if u.device.type != "cpu":
-        raise RuntimeError(f"selective_scan backend 'numba' needs CPU tensors, got tensors on {u.device}")
-    # (B, N, L) is one group; unsqueeze keeps autograd's gradient in the caller's shape.
-    B4 = B.unsqueeze(1) if B.dim() == 3 else B
-    C4 = C.unsqueeze(1) if C.dim() == 3 else C
-    return SelectiveScanNumba.apply(u, delta, A, B4, C4, D, delta_bias, delta_softplus)
+    if args.u.device.type != "cpu":
+        raise RuntimeError(f"selective_scan backend 'numba' needs CPU tensors, got tensors on {args.u.device}")
+    # (B, N, L) is one group; the view keeps autograd's gradient in the caller's shape.
+    return SelectiveScanNumba.apply(args.u, args.delta, args.A, args.B4, args.C4, args.D, args.delta_bias,
+                                    args.delta_softplus)
+
+
+#: the numba scan with mamba_ssm's signature (arguments checked).
+selective_scan_numba = scan_function(numba_scan)
