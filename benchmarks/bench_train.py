@@ -61,7 +61,7 @@ def _activation_bytes(trainer, batch: dict) -> int:
     (what gradient checkpointing trades for recomputation); exact and allocator-independent."""
     import torch
 
-    from sr4.pipeline.snucv import quantize_8bit_ste
+    from sr4.ops import quantize_8bit_ste
 
     seen: dict[int, int] = {}
 

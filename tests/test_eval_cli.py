@@ -212,7 +212,7 @@ def test_upscale_then_score(tmp_path):
 
 
 def test_pixels_become_8bit_rgb():
-    from sr4.metrics.evaluate import to_rgb8
+    from sr4.image.convert import to_rgb8
 
     la = np.stack([np.full((2, 2), 7, np.uint8), np.full((2, 2), 200, np.uint8)], axis=2)
     np.testing.assert_array_equal(to_rgb8(la), np.full((2, 2, 3), 7, np.uint8))  # alpha dropped, gray -> G,G,G

@@ -10,7 +10,7 @@ import torch
 from refiner_fixtures import write_tiny_model_folder
 from test_train_data import write_crops
 
-from sr4.pipeline.snucv import quantize_8bit_ste
+from sr4.ops import quantize_8bit_ste
 from sr4.training.clip_loss import CLIPPromptLoss
 from sr4.training.config import config_from_dict
 from sr4.training.data import TrainDataset

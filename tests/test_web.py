@@ -25,8 +25,8 @@ pytest.importorskip("uvicorn", reason="sr4 serve needs the web extra: pip instal
 from web_fixtures import Client, png_bytes, serve  # noqa: E402
 
 from sr4.cli import main  # noqa: E402
+from sr4.image.convert import to_rgb8  # noqa: E402
 from sr4.image.io import read_image, write_image  # noqa: E402
-from sr4.metrics.evaluate import to_rgb8  # noqa: E402
 from sr4.metrics.niqe import niqe  # noqa: E402
 from sr4.metrics.psnr_ssim import psnr, ssim  # noqa: E402
 from sr4.web.candidates import ProcessorOptions, list_candidates  # noqa: E402

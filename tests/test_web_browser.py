@@ -30,8 +30,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from web_fixtures import serve  # noqa: E402
 
 from sr4.cli import main  # noqa: E402
+from sr4.image.convert import to_rgb8  # noqa: E402
 from sr4.image.io import read_image  # noqa: E402
-from sr4.metrics.evaluate import to_rgb8  # noqa: E402
 from sr4.metrics.niqe import niqe  # noqa: E402
 from sr4.web.candidates import ProcessorOptions, list_candidates  # noqa: E402
 from sr4.web.jobs import WebConfig  # noqa: E402

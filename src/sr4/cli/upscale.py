@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from sr4.image.files import OUTPUT_SUFFIXES, describe_suffixes
+
 #: largest --outscale (final size / input size): x4 networks, resized up to 4 times more.
 MAX_OUTSCALE = 16.0
 
@@ -67,7 +69,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help=f"final scale relative to the input (resize after the network), e.g. 2; at most "
                         f"{MAX_OUTSCALE:g}")
     p.add_argument("--suffix", default="", help="appended to each output file name (default: none)")
-    p.add_argument("--ext", choices=["png", "jpg", "webp", "tiff", "gif", "keep"], default="keep",
+    p.add_argument("--ext", choices=[*OUTPUT_SUFFIXES, "keep"], default="keep",
                    help="output format (default: keep the input's); animations need png, webp, gif or tiff")
     p.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1-100",
                    help="JPEG/WebP quality (default 95)")
@@ -216,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     found = batch.collect_inputs(args.inputs, recursive=args.recursive, report=report, outdir=outdir)
     if not found:
         _print_failures(report)
-        print(f"sr4 upscale: {tag}no images found in {' '.join(args.inputs)} ({batch.describe_suffixes()})",
+        print(f"sr4 upscale: {tag}no images found in {' '.join(args.inputs)} ({describe_suffixes()})",
               file=sys.stderr)
         return 2
     problem = probe_writable(outdir)

@@ -14,19 +14,29 @@ from sr4.utils.atomic import is_temp_name
 
 #: suffixes sr4 reads (lower case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+#: what the official SNUCV harness globs (*.png, *.jpg, *.jpeg in any letter case): the NTIRE entry lists only these.
+HARNESS_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: `--ext` value -> output suffix ("keep" keeps the input's).
+OUTPUT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff", "gif": ".gif"}
 
 
-def is_listed_image(path: Path, root: Path | None = None) -> bool:
+def describe_suffixes(suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> str:
+    """The suffixes for a message: "png, jpg, ..."."""
+    return ", ".join(s.lstrip(".") for s in suffixes)
+
+
+def is_listed_image(path: Path, root: Path | None = None, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> bool:
     """A regular file with an image suffix, not hidden (no hidden folder below `root` either), not an sr4 temp."""
     parts = path.relative_to(root).parts if root is not None else (path.name,)
-    return (path.suffix.lower() in IMAGE_SUFFIXES and not is_temp_name(path.name)
+    return (path.suffix.lower() in suffixes and not is_temp_name(path.name)
             and not any(part.startswith(".") for part in parts) and path.is_file())
 
 
-def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
-    """Sorted image files of `folder` (and its sub-folders when `recursive`)."""
+def list_images(folder: str | os.PathLike, *, recursive: bool = False,
+                suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Sorted image files of `folder` (and its sub-folders when `recursive`) whose suffix is one of `suffixes`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: not a folder")
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in candidates if is_listed_image(p, folder))
+    return sorted(p for p in candidates if is_listed_image(p, folder, suffixes))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sr4.image.convert import to_batch, to_rgb8
 from sr4.image.files import list_images
 from sr4.image.resize import imresize
 from sr4.metrics.learned import LEARNED, LearnedMetrics, build_learned
@@ -122,29 +123,10 @@ def pair_files(
     return pairs, problems
 
 
-def to_rgb8(pixels: np.ndarray) -> np.ndarray:
-    """HxWxC (C 1..4) uint8/uint16 -> HxWx3 uint8."""
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    if pixels.dtype == np.uint16:
-        pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
-        raise ValueError(f"unsupported pixel type {pixels.dtype}")
-    c = pixels.shape[2]
-    if c in (1, 2):
-        return np.repeat(pixels[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(pixels[:, :, :3])
-
-
 def read_rgb8(path: Path) -> np.ndarray:
     from sr4.image.io import read_image
 
     return to_rgb8(read_image(path).pixels)
-
-
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 -> (1, 3, H, W) float32 in [0, 1] (what torchvision's to_tensor gives pyiqa)."""
-    return torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
 
 
 def _nan_mean(vals: list[float]) -> tuple[float | None, int]:
@@ -170,7 +152,7 @@ def score_image(sr: np.ndarray, hr: np.ndarray | None, metrics: Iterable[str], l
                 values[m] = niqe(sr, cfg.niqe)
             else:
                 if sr_t is None:
-                    sr_t, hr_t = to_tensor(sr), (None if hr is None else to_tensor(hr))
+                    sr_t, hr_t = to_batch(sr), (None if hr is None else to_batch(hr))
                 values[m] = learned.functions[m](sr_t, hr_t)
         except (ValueError, RuntimeError) as exc:
             values[m] = math.nan

@@ -27,7 +27,6 @@ import contextvars
 import inspect
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,12 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from sr4.errors import NonFiniteOutputError
+from sr4.image.convert import pixel_peak
+from sr4.utils.progress import ProgressFn
 
 if TYPE_CHECKING:
     from sr4.image.io import ImageData
 
-# Progress callback: (tiles done, tiles total).
-ProgressFn = Callable[[int, int], None]
 ImageT = TypeVar("ImageT")
 
 # ITU-R 601 luma, the weights Pillow uses for RGB -> L.
@@ -126,16 +125,10 @@ class ImageProcessor(abc.ABC):
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
             raise ValueError(f"expected an HxW or HxWxC array with C in 1..4, got shape {array.shape}")
         dtype = array.dtype
-        if dtype == np.uint8:
-            peak = 255.0
-        elif dtype == np.uint16:
-            peak = 65535.0
-        elif np.issubdtype(dtype, np.floating):
-            peak = None
-        elif dtype == np.bool_:
+        if dtype == np.bool_:
             array, peak = array.astype(np.uint8), 1.0
         else:
-            raise TypeError(f"unsupported array dtype {dtype}; use uint8, uint16 or float in [0, 1]")
+            peak = pixel_peak(dtype)
         planes = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         planes = planes.unsqueeze(0) if array.ndim == 2 else planes.permute(2, 0, 1)
         if peak is not None:

@@ -25,12 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from sr4.errors import OutputExistsError
-from sr4.image.files import IMAGE_SUFFIXES, list_images
+from sr4.image.files import OUTPUT_SUFFIXES, list_images
 from sr4.utils.atomic import is_temp_name
 from sr4.utils.signals import Interrupted
-
-#: --ext value -> output suffix ("keep" keeps the input's).
-EXT_SUFFIX = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff", "gif": ".gif"}
 
 
 @dataclass
@@ -96,7 +93,7 @@ def collect_inputs(inputs: list[str], *, recursive: bool, report: Report,
 
 
 def _output_suffix(src: Path, ext: str) -> str:
-    return src.suffix.lower() if ext == "keep" else EXT_SUFFIX[ext]
+    return src.suffix.lower() if ext == "keep" else OUTPUT_SUFFIXES[ext]
 
 
 class _Inputs:
@@ -271,7 +268,3 @@ def process_jobs(processor: Any, todo: list[Job], options: BatchOptions, report:
     if stop is not None:
         report.unfinished = [job.src for job in todo if job.src not in settled]
     return stop
-
-
-def describe_suffixes() -> str:
-    return ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)

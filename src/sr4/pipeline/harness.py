@@ -14,17 +14,16 @@ from pathlib import Path
 
 import torch
 
-# What the official SNUCV harness globs: *.png / *.jpg (and .jpeg) in any letter case.
-INPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
+from sr4.image.files import HARNESS_SUFFIXES, list_images
 
 
 def list_inputs(input_path: str | os.PathLike) -> list[Path]:
+    """The LR images the official harness would glob; like its glob, hidden files (sr4's temporary files among
+    them) are not inputs."""
     folder = Path(input_path)
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder {str(folder)!r} does not exist or is not a directory")
-    # Like the official glob, hidden files (sr4's temporary files among them) are not inputs.
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith("."))
+    return list_images(folder, suffixes=HARNESS_SUFFIXES)
 
 
 def main(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,

@@ -21,36 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sr4.pipeline.base import ImageProcessor, ProgressFn
-from sr4.refiner.colorfix import (
-    COLOR_FIXES,
-    adain_color_fix,
-    apply_color_fix,
-    pil_bicubic,
-    truncate_8bit,
-    wavelet_transfer,
-)
+from sr4.ops import quantize_8bit_ste, truncate_8bit
+from sr4.pipeline.base import ImageProcessor
+from sr4.refiner.colorfix import COLOR_FIXES, adain_color_fix, apply_color_fix, pil_bicubic, wavelet_transfer
+from sr4.utils.progress import ProgressFn
 
 PIPELINES = ("snucv", "tsdsr")
 SEED_STREAMS = ("image", "run")
 # Up to this many output pixels the VAE runs untiled (as SNUCV and TSD-SR do, bit for bit); larger
 # images use VAE tiles so memory stays bounded. 2048^2 covers every DIV2K/NTIRE test output.
 VAE_AUTO_TILE_PIXELS = 2048 * 2048
-
-
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x * 255) / 255
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
-def quantize_8bit_ste(x: torch.Tensor) -> torch.Tensor:
-    """round(x*255)/255 in the forward pass, identity gradient in the backward pass (not clamped)."""
-    return _RoundSTE.apply(x)
 
 
 def tsdsr_process_size(h: int, w: int, upscale: int = 4, process_size: int = 512) -> tuple[int, int]:

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sr4.utils.progress import ProgressFn
+
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], None]
 TileForward = Callable[[torch.Tensor], torch.Tensor]
 
 #: smallest tile the out-of-memory fallback goes down to (before min_size is applied).

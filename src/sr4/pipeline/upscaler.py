@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sr4.pipeline.base import ImageProcessor, ProgressFn, add_note
+from sr4.pipeline.base import ImageProcessor, add_note
 from sr4.pipeline.tiling import TileOptions, auto_tile_size, fits_untiled, upscale_with_fallback
 from sr4.utils.device import resolve_device, resolve_dtype
+from sr4.utils.progress import ProgressFn
 from sr4.utils.rng import advance_generator
 
 #: `model` value that asks for plain bicubic x4 (no network) instead of the bundled default.

@@ -39,11 +39,6 @@ def upsample_like_pil(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
-def truncate_8bit(x: torch.Tensor) -> torch.Tensor:
-    """x -> floor(x*255)/255: what torchvision's ToPILImage (x.mul(255).byte()) then ToTensor give."""
-    return torch.floor(x.clamp(0.0, 1.0) * 255) / 255
-
-
 def pil_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Pillow's BICUBIC resize of 8-bit images, bit for bit: (B,3,H,W) floats on the k/255 grid ->
     (B,3,*size) on the same grid (not differentiable)."""

@@ -19,20 +19,21 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from sr4.image.convert import to_float, to_rgb, to_tensor
+from sr4.image.files import describe_suffixes, list_images
+
 log = logging.getLogger("sr4.train")
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
-
 
 # ---------------------------------------------------------------- image I/O helpers
 
-def list_images(folder: str | Path) -> list[Path]:
+def training_images(folder: str | Path) -> list[Path]:
+    """Every image below `folder` (sub-folders included), as `sr4.image.files.list_images` lists them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: image folder does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    files = list_images(folder, recursive=True)
     if not files:
-        raise FileNotFoundError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))}) found")
+        raise FileNotFoundError(f"{folder}: no images ({describe_suffixes()}) found")
     return files
 
 
@@ -41,16 +42,7 @@ def load_rgb(path: Path) -> np.ndarray:
     in [0, 1]; grey is repeated to 3 channels and alpha dropped."""
     from sr4.image.io import read_image
 
-    px = read_image(path).pixels
-    if px.dtype == np.uint8:
-        arr = px.astype(np.float32) / 255.0
-    elif px.dtype == np.uint16:
-        arr = px.astype(np.float32) / 65535.0
-    else:
-        arr = np.clip(px.astype(np.float32), 0.0, 1.0)
-    c = arr.shape[2]
-    arr = arr[:, :, :3] if c >= 3 else np.repeat(arr[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(arr)
+    return to_rgb(to_float(read_image(path).pixels))
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -89,10 +81,6 @@ def augment(arrays: Sequence[np.ndarray], rng: np.random.Generator, hflip: bool,
     return out
 
 
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
-
-
 def _find_lr(hr: Path, lr_dir: Path, scale: int) -> Path:
     for ext in (hr.suffix, ".png"):
         for name in (f"{hr.stem}x{scale}{ext}", f"{hr.stem}{ext}"):
@@ -128,7 +116,7 @@ class TrainDataset(Dataset):
         self.weights: list[float] = []
         self.skipped: dict[str, str] = {}
         for src in sources:
-            hr_files = list_images(src.path)
+            hr_files = training_images(src.path)
             lr_dir = Path(src.lr_path) if src.lr_path else None
             kept = 0
             for hr in hr_files:
@@ -265,7 +253,7 @@ class ValDataset(Dataset):
     or read from `lr_path`."""
 
     def __init__(self, source, scale: int, crop: int = 0, max_images: int = 0, lr_quantize: bool = True) -> None:
-        self.files = list_images(source.path)
+        self.files = training_images(source.path)
         if max_images:
             self.files = self.files[:max_images]
         self.lr_dir = Path(source.lr_path) if source.lr_path else None

@@ -5,7 +5,7 @@
 
 q is SNUCV's 8-bit rounding of U(I) before M, passed by a straight-through estimator so the
 gradient of M's loss reaches U (round() alone has zero gradient almost everywhere); the trainer
-uses the same `sr4.pipeline.snucv.quantize_8bit_ste` as inference.
+uses the same `sr4.ops.quantize_8bit_ste` as inference.
 """
 
 from __future__ import annotations

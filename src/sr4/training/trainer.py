@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from sr4.pipeline.snucv import quantize_8bit_ste
+from sr4.image.convert import to_uint8
+from sr4.ops import quantize_8bit_ste
 from sr4.training import checkpoint as ckpt_io
 from sr4.training.config import ConfigError, ModelConfig, OptimConfig, TrainConfig, dump_config
 from sr4.training.data import StepBatchSampler, TrainDataset, ValDataset, collate
@@ -143,11 +144,6 @@ def lr_lambda(o: OptimConfig, total_steps: int) -> Callable[[int], float]:
         return 1.0
 
     return factor
-
-
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    """(3,H,W) float in [0,1] -> (H,W,3) uint8, rounded as an image file would be."""
-    return (img.detach().float().clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 # ---------------------------------------------------------------- the trainer
@@ -323,14 +319,14 @@ class Trainer:
             for i in range(len(ds)):
                 sample = ds[i]
                 lq = sample["lq"][None].to(self.device)
-                gt = _to_uint8(sample["gt"])
+                gt = to_uint8(sample["gt"])
                 sr_t = self._upsample(lq, seed_of(cfg.seed, i, 3), net=self.model).clamp(0, 1)
                 outputs = {"sr": sr_t}
                 if self.through_refiner:
                     x = torch.round(sr_t * 255.0) / 255.0
                     outputs["refined"] = self._refine(x, seed_of(cfg.seed, i, 4)).clamp(0, 1)
                 for name, t in outputs.items():
-                    img = _to_uint8(t[0])
+                    img = to_uint8(t[0])
                     sums[f"{name}_psnr"] = sums.get(f"{name}_psnr", 0.0) + psnr(img, gt)
                     sums[f"{name}_ssim"] = sums.get(f"{name}_ssim", 0.0) + ssim(img, gt)
                 if writer is not None and i < cfg.sample_images:

@@ -442,8 +442,8 @@ class WebState:
         self._score(entry, result, read_image(result.path).pixels)
 
     def _score(self, entry: ImageEntry, result: Result, pixels: np.ndarray) -> None:
+        from sr4.image.convert import to_rgb8
         from sr4.image.io import read_image
-        from sr4.metrics.evaluate import to_rgb8
 
         sr8 = to_rgb8(pixels)
         hr8, notes = None, []
