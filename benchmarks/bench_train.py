@@ -43,7 +43,8 @@ def _assets(root: Path) -> dict:
     from skimage import data
 
     from sr4.metrics.lpips import LPIPS
-    from sr4.training.toy import make_tiny_clip
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test stand-ins
+    from toy_models import make_tiny_clip
 
     img = data.astronaut()
     (root / "hr").mkdir(parents=True, exist_ok=True)

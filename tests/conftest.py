@@ -2,8 +2,10 @@ from collections import Counter
 
 import pytest
 import torch
+import toy_models
 
 ALLOW_CORE_SKIPS = "--allow-core-skips"
+toy_models.register()  # the "conv" test stand-in is a registered architecture for every test
 pytest_plugins = ["pytester"]  # for tests/test_skip_guard.py
 
 

@@ -46,7 +46,7 @@ def test_info_classic_safetensors_and_errors(tmp_path, capsys):
 
 
 def test_info_without_a_file_describes_the_bundled_model(capsys):
-    from sr4.networks.default import DEFAULT_MODEL, sha256_of
+    from sr4.models.bundled import DEFAULT_MODEL, sha256_of
 
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

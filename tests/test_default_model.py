@@ -13,20 +13,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sr4.checkpoints import read_state_dict
 from sr4.cli import main
+from sr4.errors import CheckpointError
 from sr4.image.resize import imresize
 from sr4.metrics.psnr_ssim import psnr
-from sr4.networks import default as default_mod
-from sr4.networks.default import (
-    DEFAULT_MODEL,
-    bicubic_path_state_dict,
-    bicubic_phase_weights,
-    default_weights_path,
-    load_default_upsampler,
-)
-from sr4.networks.loading import CheckpointError, detect_upsampler, read_state_dict
+from sr4.models import bundled as default_mod
+from sr4.models.bundled import DEFAULT_MODEL, default_weights_path, load_default_upsampler
+from sr4.models.loading import detect_upsampler
 from sr4.networks.mambairv2_light import MambaIRv2Light
 from sr4.pipeline.upscaler import Upscaler
+from sr4.training.init import bicubic_path_state_dict, bicubic_phase_weights
 
 CROP = Path(__file__).parent / "data" / "default_model" / "picosdeeuropa_912_912.png"
 # Measured on this held-out crop: +GAIN_MEASURED dB over MATLAB bicubic (Y, shave 4). The test asserts

@@ -6,13 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sr4.networks.loading import (
-    CheckpointError,
-    UpsamplerConfig,
-    detect_upsampler,
-    load_upsampler,
-    read_state_dict,
-)
+from sr4.checkpoints import read_state_dict
+from sr4.errors import CheckpointError
+from sr4.models.loading import UpsamplerConfig, detect_upsampler, load_upsampler
 from sr4.networks.mambairv2 import MambaIRv2
 from sr4.networks.mambairv2_light import MambaIRv2Light
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sr4.checkpoints import read_state_dict
+from sr4.models.loading import detect_upsampler, load_upsampler
 from sr4.networks import blocks
-from sr4.networks.loading import detect_upsampler, load_upsampler, read_state_dict
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 CASES = ["classic_tiny_x2", "light_tiny_x4"]

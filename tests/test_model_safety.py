@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from sr4.checkpoints import read_state_dict
 from sr4.cli import main
+from sr4.errors import CheckpointError
 from sr4.image.io import write_image
-from sr4.networks.loading import CheckpointError, read_state_dict
 from sr4.networks.mambairv2 import MambaIRv2
 from sr4.pipeline.base import NonFiniteOutputError
 from sr4.pipeline.upscaler import Upscaler

@@ -9,13 +9,13 @@ import pytest
 import torch
 from refiner_fixtures import write_tiny_model_folder
 from test_train_data import write_crops
+from toy_models import make_tiny_clip
 
 from sr4.ops import quantize_8bit_ste
 from sr4.training.clip_loss import CLIPPromptLoss
 from sr4.training.config import config_from_dict
 from sr4.training.data import TrainDataset
 from sr4.training.losses import SRLoss
-from sr4.training.toy import make_tiny_clip
 from sr4.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

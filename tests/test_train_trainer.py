@@ -20,6 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ROOT = Path(__file__).resolve().parents[1]
+TOY_CLI = Path(__file__).with_name("toy_models.py")  # `sr4` with the "conv" test architecture registered
 
 
 def conv_cfg(tmp_path: Path, **over) -> dict:
@@ -178,7 +179,7 @@ def test_corrupt_training_image_is_skipped_and_counted(tmp_path):
 def test_mambairv2_checkpoint_is_readable_by_load_upsampler(tmp_path):
     from refiner_fixtures import write_tiny_upsampler
 
-    from sr4.networks.loading import load_upsampler
+    from sr4.models.loading import load_upsampler
 
     write_tiny_upsampler(tmp_path / "start.pth", seed=3)
     cfg = conv_cfg(tmp_path, total_steps=1, **{"model.arch": "mambairv2", "model.kwargs": {},
@@ -207,7 +208,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     Trainer(config_from_dict(cfg)).fit()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "sr4", "train", str(cfg_path), f"exp_dir={tmp_path / 'ddp'}"]
+           str(TOY_CLI), "train", str(cfg_path), f"exp_dir={tmp_path / 'ddp'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
@@ -298,7 +299,7 @@ def test_sigkill_during_training_leaves_a_loadable_latest(tmp_path):
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sr4", "train", str(cfg_path)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, str(TOY_CLI), "train", str(cfg_path)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = Path(cfg["exp_dir"]) / "checkpoints" / ckpt_io.LATEST
     try:

@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 # Public names, imported on first use so `import sr4` stays cheap (no diffusers, no numba JIT).
 _LAZY = {
-    "load_upsampler": "sr4.networks.loading",
+    "load_upsampler": "sr4.models.loading",
+    "load_model": "sr4.models.loading",
     "Upscaler": "sr4.pipeline.upscaler",
     "Pipeline": "sr4.pipeline.snucv",
     "Sr4Error": "sr4.errors",

@@ -1,6 +1,7 @@
 """`sr4 info [MODEL]`: the architecture, hyperparameters, scale and size detected in an upsampler checkpoint.
 
-Without MODEL it describes sr4's bundled default upsampler, with its checksum and training recipe."""
+Without MODEL it describes sr4's bundled default upsampler, with its checksum and training recipe. What it prints
+comes from the model's descriptor (`sr4.models`), as loaded by every other command."""
 
 from __future__ import annotations
 
@@ -17,25 +18,27 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sr4.networks.loading import CheckpointError, build_and_load, detect_upsampler, read_state_dict
+    from sr4.checkpoints import read_state_dict
+    from sr4.errors import CheckpointError
+    from sr4.models import REGISTRY
 
     bundled = None
     if args.model is None:
-        from sr4.networks.default import DEFAULT_MODEL
+        from sr4.models.bundled import DEFAULT_MODEL
 
         bundled = DEFAULT_MODEL.describe()
         args.model = bundled["file"]
     try:
         sd = read_state_dict(args.model, key=args.key)
-        config = detect_upsampler(sd, name=args.model)
-        model = build_and_load(config, sd, name=args.model)  # proves the checkpoint loads strictly
+        model = REGISTRY.load(sd, name=args.model)  # proves the checkpoint loads strictly
     except CheckpointError as exc:
         print(f"sr4 info: {exc}", file=sys.stderr)
         return 1
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.model.parameters())
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in sd.values() if v.is_floating_point()})
-    info = {"file": str(args.model), "arch": config.arch, "scale": config.scale, "parameters": params,
-            "stored_dtypes": dtypes, "min_size": model.min_size, "hyperparameters": config.kwargs}
+    hyperparameters = dict(model.hyperparameters)
+    info = {"file": str(args.model), "arch": model.arch.id, "scale": model.scale, "parameters": params,
+            "stored_dtypes": dtypes, "min_size": model.size_requirements.minimum, "hyperparameters": hyperparameters}
     if bundled is not None:
         info["bundled"] = bundled
     if args.json:
@@ -48,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
         if bundled["evaluation"]:
             print(f"evaluation:    {bundled['evaluation']}")
     print(f"file:          {info['file']}")
-    print(f"architecture:  {config.arch}")
-    print(f"scale:         x{config.scale}")
+    print(f"architecture:  {model.arch.id}")
+    print(f"scale:         x{model.scale}")
     print(f"parameters:    {params:,}")
     print(f"stored dtype:  {', '.join(dtypes)}")
-    print(f"min input:     {model.min_size} px per side")
+    print(f"min input:     {model.size_requirements.minimum} px per side")
     print("hyperparameters (img_range cannot be read from a checkpoint; 1.0 assumed):")
-    for key, value in config.kwargs.items():
+    for key, value in hyperparameters.items():
         print(f"  {key}: {value}")
     return 0

@@ -139,7 +139,8 @@ def validate_options(args: argparse.Namespace) -> str | None:
 def build_processor(args: argparse.Namespace, device: str):
     """The Upscaler, or the refiner Pipeline, the options ask for."""
     if args.pipeline == "upsampler":
-        from sr4.pipeline.upscaler import BICUBIC, BICUBIC_NOTICE, Upscaler
+        from sr4.models.bicubic import BICUBIC, BICUBIC_NOTICE
+        from sr4.pipeline.upscaler import Upscaler
 
         if args.model == BICUBIC:
             print(f"sr4: note: {BICUBIC_NOTICE}", file=sys.stderr)

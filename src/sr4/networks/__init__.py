@@ -1,4 +1,4 @@
-"""Stage U: the MambaIRv2 upsamplers, their selective scan, and checkpoint loading."""
+"""Stage U's networks: MambaIRv2 and MambaIRv2-Light (registered in `sr4.models`), their selective scan, bicubic."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ _LAZY = {
     "MambaIRv2": "sr4.networks.mambairv2",
     "MambaIRv2Light": "sr4.networks.mambairv2_light",
     "selective_scan": "sr4.networks.scan",
-    "read_state_dict": "sr4.networks.loading",
-    "detect_upsampler": "sr4.networks.loading",
-    "load_upsampler": "sr4.networks.loading",
-    "CheckpointError": "sr4.networks.loading",
-    "UpsamplerConfig": "sr4.networks.loading",
+    "BicubicUpsampler": "sr4.networks.bicubic",
 }
 
 __all__ = list(_LAZY)

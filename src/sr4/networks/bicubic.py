@@ -1,8 +1,6 @@
-"""Bicubic x4: the stand-in upsampler used when no trained model is given.
+"""Plain bicubic upsampling as a network module (`--model bicubic`, registered in `sr4.models.bicubic`).
 
-It follows the upsampler contract (`scale`, `min_size`, `forward(x, generator=None)`) so every
-code path (tiling, CLI, pipelines) runs without weights. Interpolation is PyTorch bicubic with
-align_corners=False, the same upsampling TSD-SR applies before its refiner.
+Interpolation is PyTorch bicubic with align_corners=False, the same upsampling TSD-SR applies before its refiner.
 """
 
 from __future__ import annotations
@@ -24,10 +22,6 @@ class BicubicUpsampler(nn.Module):
         if int(scale) < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
         self.scale = int(scale)
-
-    def noise_draws(self, height: int, width: int, batch: int = 1) -> list[int]:
-        """No random draws (the upsampler contract's count, see `sr4.pipeline.upscaler.Upscaler`)."""
-        return []
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         # No randomness: `generator` exists for the contract only.

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sr4.models.descriptor import ModelDescriptor, SizeRequirements
+from sr4.models.loading import describe_module
 from sr4.utils.progress import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,13 @@ def ramp_weights(start: int, stop: int, length: int, ramp: int) -> torch.Tensor:
     return w
 
 
-def pad_forward(forward: TileForward, x: torch.Tensor, scale: int, min_size: int) -> torch.Tensor:
-    """Run `forward` on x (1,C,h,w), padding h/w up to `min_size` and cropping the result back."""
+def pad_forward(forward: TileForward, x: torch.Tensor, scale: int, min_size: int, multiple_of: int = 1
+                ) -> torch.Tensor:
+    """Run `forward` on x (1,C,h,w), padding h/w up to `min_size` and a multiple of `multiple_of` (the model's
+    size requirements) and cropping the result back."""
     h, w = x.shape[-2:]
-    ph, pw = max(0, min_size - h), max(0, min_size - w)
+    need_h, need_w = SizeRequirements(min_size, multiple_of).padded(h, w)
+    ph, pw = need_h - h, need_w - w
     if ph == 0 and pw == 0:
         return forward(x)
     # Reflection keeps local statistics; it needs the pad smaller than the side, else replicate.
@@ -95,7 +100,7 @@ def pad_forward(forward: TileForward, x: torch.Tensor, scale: int, min_size: int
 
 
 def tiled_upscale(forward: TileForward, x: torch.Tensor, *, scale: int, tile: int | None, overlap: int = 16,
-                  min_size: int = 1, progress: ProgressFn | None = None) -> torch.Tensor:
+                  min_size: int = 1, multiple_of: int = 1, progress: ProgressFn | None = None) -> torch.Tensor:
     """Upscale x (1,C,H,W) tile by tile; returns (1,C,sH,sW) float32 on x's device.
 
     `forward` maps a (1,C,h,w) tile to (1,C,s*h,s*w); it is called tile after tile in raster order.
@@ -105,7 +110,7 @@ def tiled_upscale(forward: TileForward, x: torch.Tensor, *, scale: int, tile: in
     if tile is None or (h <= tile and w <= tile):
         if progress:
             progress(0, 1)
-        out = pad_forward(forward, x, scale, min_size).float()
+        out = pad_forward(forward, x, scale, min_size, multiple_of).float()
         if progress:
             progress(1, 1)
         return out.to(x.device)
@@ -129,7 +134,7 @@ def tiled_upscale(forward: TileForward, x: torch.Tensor, *, scale: int, tile: in
             wx = ramp_weights(ox0, ox1, w * scale, ramp)
             if iy == 0:
                 wx_sum[ox0:ox1] += wx
-            piece = pad_forward(forward, x[:, :, y0:y0 + th, x0:x0 + tw], scale, min_size)
+            piece = pad_forward(forward, x[:, :, y0:y0 + th, x0:x0 + tw], scale, min_size, multiple_of)
             piece = piece.float().to(out.device)
             weight = (wy.view(-1, 1) * wx.view(1, -1)).to(out.device)
             out[:, :, oy0:oy1, ox0:ox1].addcmul_(piece, weight)
@@ -177,18 +182,18 @@ def free_memory_bytes(device: torch.device) -> int:
     return 4 << 30  # unknown platform: assume a modest 4 GiB
 
 
-def bytes_per_pixel(module: nn.Module, dtype: torch.dtype, scale: int) -> float:
+def bytes_per_pixel(model: ModelDescriptor | nn.Module, dtype: torch.dtype, scale: int) -> float:
     """Rough activation memory per LR pixel of one forward pass.
 
-    A module may state it exactly with a `memory_per_pixel` attribute; otherwise estimate from
-    its widest layer (activations of a few dozen feature maps of that width live at once, more
-    in attention/state-space blocks) plus the upscaled output.
+    The model's descriptor may state it (`memory_per_pixel`); otherwise estimate from its widest
+    layer (activations of a few dozen feature maps of that width live at once, more in
+    attention/state-space blocks) plus the upscaled output.
     """
-    stated = getattr(module, "memory_per_pixel", None)
-    if stated is not None:
-        return float(stated)
+    descriptor = model if isinstance(model, ModelDescriptor) else describe_module(model)
+    if descriptor.memory_per_pixel is not None:
+        return descriptor.memory_per_pixel
     width = 3
-    for m in module.modules():
+    for m in descriptor.model.modules():
         if isinstance(m, nn.Conv2d):
             width = max(width, m.out_channels)
         elif isinstance(m, nn.Linear):
@@ -204,13 +209,13 @@ def memory_budget(device: torch.device, free_bytes: int | None = None) -> float:
     return max(free, 0) * (0.5 if device.type == "cuda" else 0.25)
 
 
-def fits_untiled(module: nn.Module, device: torch.device, dtype: torch.dtype, scale: int, height: int, width: int,
-                 free_bytes: int | None = None) -> bool:
+def fits_untiled(model: ModelDescriptor | nn.Module, device: torch.device, dtype: torch.dtype, scale: int, height: int,
+                 width: int, free_bytes: int | None = None) -> bool:
     """Whether one pass over a height x width image fits the memory budget (the same estimate as the tiles)."""
-    return height * width * bytes_per_pixel(module, dtype, scale) <= memory_budget(device, free_bytes)
+    return height * width * bytes_per_pixel(model, dtype, scale) <= memory_budget(device, free_bytes)
 
 
-def auto_tile_size(module: nn.Module, device: torch.device, dtype: torch.dtype, scale: int,
+def auto_tile_size(model: ModelDescriptor | nn.Module, device: torch.device, dtype: torch.dtype, scale: int,
                    min_size: int = 1, free_bytes: int | None = None) -> int:
     """Largest power-of-two tile side (32 to 4096) whose forward fits in free memory.
 
@@ -218,20 +223,20 @@ def auto_tile_size(module: nn.Module, device: torch.device, dtype: torch.dtype, 
     the tiling, so small changes in free memory between runs should not change the tile.
     (Pass an explicit tile for results that are identical on every machine.)
     """
-    side = int(math.sqrt(memory_budget(device, free_bytes) / bytes_per_pixel(module, dtype, scale)))
+    side = int(math.sqrt(memory_budget(device, free_bytes) / bytes_per_pixel(model, dtype, scale)))
     side = 1 << max(5, min(12, side.bit_length() - 1)) if side > 0 else 32
     return max(side, min_size)
 
 
 def upscale_with_fallback(forward: TileForward, x: torch.Tensor, *, scale: int, tile: int | None, overlap: int,
-                          min_size: int, generator: torch.Generator | None = None,
+                          min_size: int, multiple_of: int = 1, generator: torch.Generator | None = None,
                           progress: ProgressFn | None = None, device: torch.device | None = None) -> torch.Tensor:
     """`tiled_upscale`, halving the tile after an out-of-memory error until it works or reaches MIN_TILE."""
     state = generator.get_state() if generator is not None else None
     while True:
         try:
             return tiled_upscale(forward, x, scale=scale, tile=tile, overlap=overlap, min_size=min_size,
-                                 progress=progress)
+                                 multiple_of=multiple_of, progress=progress)
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -17,13 +17,14 @@ from typing import Any
 import yaml
 
 from sr4.errors import ConfigError
+from sr4.models import REGISTRY, NetworkArchitecture
 
 
 @dataclass
 class ModelConfig:
-    # "mambairv2" / "mambairv2_light" build sr4.networks classes with `kwargs`; "conv" is a
-    # small residual conv upsampler for tests and benchmarks. With `checkpoint` set, the
-    # architecture is read from the file by sr4.networks.loading.load_upsampler instead.
+    # An architecture of sr4's model registry (`sr4.models`, names matched without case, "_" or "-":
+    # "mambairv2", "mambairv2_light"), built with `kwargs` (unknown arguments are an error). With
+    # `checkpoint` set, the network is read from that file instead (its architecture must be `arch`).
     arch: str = "mambairv2"
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -266,8 +267,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(getattr(cfg, name) >= 0, f"{name}: must be >= 0 (0 disables)")
     need(cfg.keep_checkpoints >= 1, "keep_checkpoints: must be >= 1")
     need(cfg.model.scale in (2, 3, 4), f"model.scale: {cfg.model.scale} is not 2, 3 or 4")
-    need(cfg.model.arch in ("mambairv2", "mambairv2_light", "conv"),
-         f"model.arch: {cfg.model.arch!r} is not one of mambairv2, mambairv2_light, conv")
+    trainable = [a.id for a in REGISTRY if isinstance(a, NetworkArchitecture)]
+    need(cfg.model.arch in REGISTRY and REGISTRY.get(cfg.model.arch).id in trainable,
+         f"model.arch: {cfg.model.arch!r} is not one of {', '.join(trainable)}")
     d = cfg.data
     need(len(d.train) > 0, "data.train: at least one training source (path) is required")
     for i, src in enumerate(d.train):

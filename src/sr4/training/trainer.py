@@ -23,6 +23,8 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from sr4.image.convert import to_uint8
+from sr4.models import REGISTRY
+from sr4.models.loading import load_model
 from sr4.ops import quantize_8bit_ste
 from sr4.training import checkpoint as ckpt_io
 from sr4.training.config import ConfigError, ModelConfig, OptimConfig, TrainConfig, dump_config
@@ -81,32 +83,24 @@ def _barrier(info: DistInfo) -> None:
 # ---------------------------------------------------------------- building blocks
 
 def build_upsampler(m: ModelConfig) -> nn.Module:
-    if m.arch == "conv":
-        from sr4.training.toy import ConvUpsampler
-
-        model: nn.Module = ConvUpsampler(scale=m.scale, **m.kwargs)
-        if m.checkpoint:
-            from sr4.networks.loading import read_state_dict
-
-            model.load_state_dict(read_state_dict(m.checkpoint))
-    elif m.checkpoint:
-        from sr4.networks.loading import load_upsampler
-
-        model = load_upsampler(m.checkpoint)
-    elif m.arch == "mambairv2":
-        from sr4.networks.mambairv2 import MambaIRv2
-
-        model = MambaIRv2(**m.kwargs)
+    """U for training, through the model registry: the network in `m.checkpoint` (its architecture must be
+    `m.arch`), else `m.arch` built from `m.kwargs` (unknown arguments are a ConfigError naming them)."""
+    try:
+        arch = REGISTRY.get(m.arch)
+    except ConfigError as exc:
+        raise ConfigError(f"model.arch: {exc}") from None
+    if m.checkpoint:
+        descriptor = load_model(m.checkpoint)
+        if descriptor.arch.id != arch.id:
+            raise ConfigError(f"model.arch={m.arch} but {m.checkpoint} holds a {descriptor.arch.id}")
     else:
-        from sr4.networks.mambairv2_light import MambaIRv2Light
-
-        model = MambaIRv2Light(**m.kwargs)
-    expected = {"mambairv2": "MambaIRv2", "mambairv2_light": "MambaIRv2Light"}.get(m.arch)
-    if expected and type(model).__name__ != expected:
-        raise ConfigError(f"model.arch={m.arch} but {m.checkpoint} holds a {type(model).__name__}")
-    if int(getattr(model, "scale", m.scale)) != m.scale:
-        raise ConfigError(f"model.scale={m.scale} but the upsampler is x{model.scale}")
-    return model
+        try:
+            descriptor = arch.build(**m.kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"model.kwargs: {exc}") from None
+    if descriptor.scale != m.scale:
+        raise ConfigError(f"model.scale={m.scale} but the upsampler is x{descriptor.scale}")
+    return descriptor.model
 
 
 def build_refiner(cfg: TrainConfig, device: torch.device) -> nn.Module:

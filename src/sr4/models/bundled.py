@@ -9,15 +9,17 @@ producing bad images.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from sr4.networks.loading import CheckpointError, load_upsampler
+from sr4.errors import CheckpointError
+from sr4.models.descriptor import ModelDescriptor
+from sr4.models.registry import load_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -83,56 +85,13 @@ def default_weights_path(verify: bool = True) -> Path:
     return path
 
 
+def load_default() -> ModelDescriptor:
+    """The bundled default upsampler, checked (sha256) and loaded on the CPU in float32, in eval mode."""
+    descriptor = load_file(default_weights_path(verify=True))
+    descriptor.model.float().eval()
+    return dataclasses.replace(descriptor, label=f"sr4's bundled model {DEFAULT_MODEL.name}")
+
+
 def load_default_upsampler(device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
-    """The bundled default upsampler, checked and loaded in eval mode on `device`."""
-    return load_upsampler(default_weights_path(verify=True), device=device, dtype=dtype)
-
-
-# ---------------------------------------------------------------- the recipe's start weights
-
-def bicubic_phase_weights(scale: int = 4) -> np.ndarray:
-    """(scale, 5): MATLAB bicubic weights of the LR offsets -2..2 for each HR sub-pixel phase."""
-    from sr4.image.resize import contributions
-
-    n, p = 32, 16  # an interior LR pixel, away from the mirrored border
-    weights, indices = contributions(n, n * scale, float(scale))
-    out = np.zeros((scale, 5))
-    for i in range(scale):
-        for w, j in zip(weights[p * scale + i], indices[p * scale + i]):
-            out[i, j - p + 2] += w
-    return out
-
-
-def bicubic_path_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """`model`'s state_dict with its linear path set to MATLAB bicubic upscaling (the default
-    model's start weights): conv_first copies each colour's 3x3 neighbourhood into 9 channels, the
-    pixelshuffledirect conv's 3x3 over those reaches LR offsets -2..2 (the bicubic support) and
-    computes each sub-pixel phase, and conv_after_body is zero, so the body's output is ignored
-    at first: the network starts as bicubic (exact away from the image border) and learns the
-    missing detail, instead of first having to learn to upscale at all.
-    """
-    scale, dim = int(model.upscale), int(model.embed_dim)
-    if getattr(model, "upsampler", "") != "pixelshuffledirect" or dim < 27 or model.in_chans != 3:
-        raise ValueError("the bicubic path needs an RGB pixelshuffledirect network with embed_dim >= 27")
-    w1d = torch.from_numpy(bicubic_phase_weights(scale)).float()
-    # LR offset o = shift of the conv_first channel + tap of the upsample conv, both in -1..1.
-    split = {-2: (-1, -1), -1: (-1, 0), 0: (0, 0), 1: (1, 0), 2: (1, 1)}
-    first = torch.zeros(dim, 3, 3, 3)
-    up = torch.zeros(3 * scale * scale, dim, 3, 3)
-    for c in range(3):
-        for sy in range(3):
-            for sx in range(3):
-                first[c * 9 + sy * 3 + sx, c, sy, sx] = 1.0
-        for i in range(scale):
-            for j in range(scale):
-                out_ch = c * scale * scale + i * scale + j  # PixelShuffle's channel order
-                for oy, (ay, by) in split.items():
-                    for ox, (ax, bx) in split.items():
-                        up[out_ch, c * 9 + (ay + 1) * 3 + ax + 1, by + 1, bx + 1] = w1d[i, oy + 2] * w1d[j, ox + 2]
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sd["conv_first.weight"], sd["conv_first.bias"] = first, torch.zeros(dim)
-    sd["upsample.0.weight"], sd["upsample.0.bias"] = up, torch.zeros(3 * scale * scale)
-    for k in sd:
-        if k.startswith("conv_after_body."):
-            sd[k] = torch.zeros_like(sd[k])
-    return sd
+    """The bundled default upsampler's network, checked and loaded in eval mode on `device`."""
+    return load_default().to(device=device, dtype=dtype or torch.float32).model

@@ -1,17 +1,24 @@
 """Small stand-ins used by tests and benchmarks: a conv upsampler and a random tiny CLIP folder.
 
 They are real, trainable models (not mocks) so that the trainer's behaviour can be checked end
-to end on a 2-core CPU in seconds.
+to end on a 2-core CPU in seconds. The conv upsampler is registered in sr4's model registry as
+architecture "conv" (tests/conftest.py does it for the test session), so a training config can name
+it; `python tests/toy_models.py ARGS...` runs the `sr4` command with it registered (for tests that
+start sr4 in another process, DDP included).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from sr4.models import REGISTRY, KeyCondition, NetworkArchitecture
 
 
 class ConvUpsampler(nn.Module):
@@ -34,6 +41,29 @@ class ConvUpsampler(nn.Module):
         for conv in self.body:
             f = f + F.leaky_relu(conv(f), 0.1)
         return base + self.shuffle(self.conv_up(f))
+
+
+def _conv_hyperparameters(sd) -> dict[str, Any]:
+    channels = int(sd["conv_first.weight"].shape[0])
+    blocks = sum(1 for k in sd if k.startswith("body.") and k.endswith(".weight"))
+    scale = int(round((sd["conv_up.weight"].shape[0] // 3) ** 0.5))
+    return {"scale": scale, "channels": channels, "blocks": blocks}
+
+
+def _conv_capabilities(module: nn.Module) -> dict[str, Any]:
+    return {"scale": int(module.scale), "stochastic": False, "label": "the model ConvUpsampler"}
+
+
+CONV_ARCH = NetworkArchitecture(
+    id="conv", name="residual conv upsampler (test stand-in)", module_class=lambda: ConvUpsampler,
+    keys=KeyCondition(required=("conv_first.weight", "conv_up.weight")), infer=_conv_hyperparameters,
+    capabilities=_conv_capabilities, scale_of=lambda kwargs: int(kwargs.get("scale", 4)))
+
+
+def register() -> None:
+    """Make "conv" a registered architecture (once per process)."""
+    if "conv" not in REGISTRY:
+        REGISTRY.register(CONV_ARCH)
 
 
 def _byte_chars() -> list[str]:
@@ -80,3 +110,10 @@ def make_tiny_clip(folder: str | Path, seed: int = 0, image_size: int = 32) -> P
     torch.manual_seed(seed)
     CLIPModel(cfg).save_pretrained(folder)
     return folder
+
+
+if __name__ == "__main__":
+    register()
+    from sr4.cli import main
+
+    sys.exit(main(sys.argv[1:]))
