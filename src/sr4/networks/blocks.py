@@ -566,7 +566,6 @@ class MambaIRv2Base(nn.Module):
         upsampler: str = "",
         resi_connection: str = "1conv",
         scan_backend: str = "auto",
-        **kwargs,
     ) -> None:
         super().__init__()
         if upsampler not in UPSAMPLERS:

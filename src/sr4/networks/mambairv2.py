@@ -13,7 +13,8 @@ class MambaIRv2(MambaIRv2Base):
     ``convffn_kernel_size``, ``mlp_ratio``, ``qkv_bias``, ``img_range``, ``upsampler``, ``resi_connection``,
     ``patch_size``, ``norm_layer``, ``ape``, ``patch_norm``, ``use_checkpoint``). ``use_checkpoint`` is accepted
     and ignored, as in the official code. ``scan_backend`` (default ``"auto"``, not in the official code) picks the
-    ``selective_scan`` backend; it can be changed later through the ``scan_backend`` attribute.
+    ``selective_scan`` backend; it can be changed later through the ``scan_backend`` attribute. Unlike the official
+    constructor, an unknown argument is a TypeError (a misspelt argument would otherwise build a default network).
     """
 
     ffn = staticmethod(conv_ffn)
