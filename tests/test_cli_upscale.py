@@ -215,9 +215,9 @@ def test_pipeline_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
             calls.append({"model_dir": model_dir, **kwargs})
             return cls()
 
-    module = types.ModuleType("sr4.pipeline.snucv")
+    module = types.ModuleType("sr4.pipeline.two_stage")
     module.Pipeline = FakePipeline  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sr4.pipeline.snucv", module)
+    monkeypatch.setitem(sys.modules, "sr4.pipeline.two_stage", module)
     rc = main(["upscale", str(src), "-o", str(tmp_path / "o"), "--pipeline", "tsdsr", "--model-dir", "models",
                "--latent", "mean", "--device", "cpu", "--seed", "7", "--tile", "32", "--vae-tiling", "off",
                "--vae-tile-stats", "exact"])

@@ -228,7 +228,7 @@ def test_pixels_become_8bit_rgb():
 def test_upscale_with_the_snucv_pipeline_then_score(tmp_path):
     from refiner_fixtures import shared_tiny_model_folder
 
-    from sr4.pipeline.snucv import Pipeline
+    from sr4.pipeline.two_stage import Pipeline
 
     lr, hr, sr = tmp_path / "lr", tmp_path / "hr", tmp_path / "sr"
     lr.mkdir()

@@ -13,7 +13,7 @@ pytest.importorskip("peft")
 pytest.importorskip("sr4.networks.mambairv2")
 
 from sr4.pipeline.harness import list_inputs, main  # noqa: E402
-from sr4.pipeline.snucv import Pipeline  # noqa: E402
+from sr4.pipeline.two_stage import Pipeline  # noqa: E402
 
 
 def test_harness_writes_every_image_under_its_name(tmp_path):

@@ -17,7 +17,9 @@ pytest.importorskip("sr4.networks.mambairv2")
 
 import sr4  # noqa: E402
 from sr4.ops import quantize_8bit_ste  # noqa: E402
-from sr4.pipeline.snucv import Pipeline, snucv_forward, tsdsr_process_size  # noqa: E402
+from sr4.pipeline.snucv import snucv_forward  # noqa: E402
+from sr4.pipeline.tsdsr import tsdsr_process_size  # noqa: E402
+from sr4.pipeline.two_stage import Pipeline  # noqa: E402
 from sr4.refiner.colorfix import pil_bicubic, upsample_like_pil, wavelet_split  # noqa: E402
 from sr4.refiner.folder import ModelFolderError  # noqa: E402
 from sr4.refiner.tsdsr import RefinerConfig, TSDSRRefiner  # noqa: E402

@@ -22,7 +22,7 @@ pytest.importorskip("peft")
 
 from refiner_golden import folder_digest, write_golden_model_folder  # noqa: E402
 
-from sr4.pipeline.snucv import Pipeline  # noqa: E402
+from sr4.pipeline.two_stage import Pipeline  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 RECORD = json.loads((GOLDEN / "refiner.json").read_text())

@@ -29,7 +29,8 @@ from sr4.image.convert import to_rgb8  # noqa: E402
 from sr4.image.io import read_image, write_image  # noqa: E402
 from sr4.metrics.niqe import niqe  # noqa: E402
 from sr4.metrics.psnr_ssim import psnr, ssim  # noqa: E402
-from sr4.web.candidates import ProcessorOptions, list_candidates  # noqa: E402
+from sr4.pipeline.factory import ProcessorOptions  # noqa: E402
+from sr4.web.candidates import list_candidates  # noqa: E402
 from sr4.web.jobs import WebConfig  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

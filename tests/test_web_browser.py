@@ -33,7 +33,8 @@ from sr4.cli import main  # noqa: E402
 from sr4.image.convert import to_rgb8  # noqa: E402
 from sr4.image.io import read_image  # noqa: E402
 from sr4.metrics.niqe import niqe  # noqa: E402
-from sr4.web.candidates import ProcessorOptions, list_candidates  # noqa: E402
+from sr4.pipeline.factory import ProcessorOptions  # noqa: E402
+from sr4.web.candidates import list_candidates  # noqa: E402
 from sr4.web.jobs import WebConfig  # noqa: E402
 
 # Optional for the skip guard: a machine where apt cannot install the browser still runs the rest.

@@ -233,7 +233,7 @@ def _sr4_outputs(case: dict, model: Path, inputs: dict[str, Path], options: dict
     import torch
     from PIL import Image
 
-    from sr4.pipeline.snucv import Pipeline
+    from sr4.pipeline.two_stage import Pipeline
 
     options = {**case.get("sr4", {}), **options}
     pipe = Pipeline.from_model_dir(model, pipeline=case["pipeline"], device="cpu", seed=case["seed"], **options)
@@ -371,7 +371,7 @@ def _latent_distances(model: Path, inputs: dict[str, Path]) -> dict:
     import torch.nn.functional as F
     from PIL import Image
 
-    from sr4.pipeline.snucv import tsdsr_process_size
+    from sr4.pipeline.tsdsr import tsdsr_process_size
     from sr4.refiner.tsdsr import RefinerConfig, TSDSRRefiner
 
     with Image.open(next(iter(inputs.values()))) as im:

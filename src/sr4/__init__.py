@@ -12,7 +12,12 @@ _LAZY = {
     "load_upsampler": "sr4.models.loading",
     "load_model": "sr4.models.loading",
     "Upscaler": "sr4.pipeline.upscaler",
-    "Pipeline": "sr4.pipeline.snucv",
+    "Pipeline": "sr4.pipeline.two_stage",
+    "SNUCVPipeline": "sr4.pipeline.snucv",
+    "TSDSRPipeline": "sr4.pipeline.tsdsr",
+    "SNUCVConfig": "sr4.pipeline.configs",
+    "TSDSRConfig": "sr4.pipeline.configs",
+    "RefinerConfig": "sr4.refiner.tsdsr",
     "Sr4Error": "sr4.errors",
 }
 

@@ -7,15 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from sr4.cli.options import add_alpha, add_device, add_dtype, add_model, add_output, add_refiner, add_tiles
+
 METRIC_NAMES = ("psnr", "ssim", "lpips", "dists", "niqe", "clipiqa", "maniqa", "musiq")
-
-
-def _tile(value: str) -> str | int | None:
-    if value in ("auto", "none"):
-        return None if value == "none" else value
-    from sr4.cli.upscale import int_at_least
-
-    return int_at_least(value, 8, "auto, none or a tile side in pixels")
 
 
 EPILOG = """outputs (in --out): metrics.csv (one row per image), summary.json (averages, score, settings,
@@ -32,15 +26,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("sr_dir", nargs="?", type=Path, help="folder of SR images (e.g. 0901x4.png or 0901.png)")
     p.add_argument("hr_dir", nargs="?", type=Path, help="folder of HR images (e.g. 0901.png)")
-    p.add_argument("--out", type=Path, help="output folder for metrics.csv, summary.json, report.html "
-                                            "(default: SR_DIR with '_eval' appended, next to it)")
+    add_output(p, required=False, dest="out", type=Path, help="output folder for metrics.csv, summary.json, "
+               "report.html (default: SR_DIR with '_eval' appended, next to it)")
     p.add_argument("--metrics", default=",".join(METRIC_NAMES),
                    help=f"comma-separated subset of {','.join(METRIC_NAMES)} (default: all)")
     p.add_argument("--weights-dir", help="root holding pyiqa/, checkpoints/ and clip/ weight folders "
                                          "(default: $TORCH_HOME/hub, TORCH_HOME defaults to ~/.cache/torch)")
     p.add_argument("--list-weights", action="store_true",
                    help="print every weight file each learned metric needs, where it is looked for, and exit")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_device(p, help="auto, cpu, cuda, cuda:N or mps (default: auto); --lr-dir upscales there too")
     p.add_argument("--channel", choices=("y", "rgb"), default="y",
                    help="PSNR/SSIM on the Y channel (challenge, default) or on RGB (not the challenge's)")
     p.add_argument("--crop-border", type=int, default=4, help="PSNR/SSIM: pixels shaved per border (challenge: 4)")
@@ -53,24 +47,18 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize-mismatch", action="store_true",
                    help="resize an SR image whose size differs from its HR to the HR size (MATLAB bicubic) "
                         "instead of skipping it")
-    p.add_argument("--seed", type=int, default=0, help="torch seed set before scoring (recorded in the summary)")
+    p.add_argument("--seed", type=int, default=0, help="torch seed set before scoring (recorded in the summary); "
+                   "--lr-dir: also the seed of the network's random draws")
     p.add_argument("--no-report", action="store_true", help="write only metrics.csv and summary.json")
-    up = p.add_argument_group("upscale, then score")
+    up = p.add_argument_group("upscale, then score (options as sr4 upscale)")
     up.add_argument("--lr-dir", type=Path, help="upscale the LR images here into SR_DIR first (same file names), "
                                                 "then score SR_DIR against HR_DIR")
-    up.add_argument("--model", metavar="FILE|bicubic", help="--lr-dir: upsampler checkpoint (MambaIRv2 / -Light) "
-                    "or 'bicubic'; default: sr4's bundled default upsampler")
-    up.add_argument("--pipeline", choices=("upsampler", "snucv", "tsdsr"), default="upsampler",
-                    help="--lr-dir: upsampler alone (default), or the two-stage SNUCV / TSD-SR pipeline")
-    up.add_argument("--model-dir", metavar="DIR", help="--lr-dir with --pipeline snucv|tsdsr: the model folder")
-    up.add_argument("--latent", choices=("sample", "mean"), default="sample",
-                    help="--pipeline snucv|tsdsr: VAE latent, a seeded sample (official) or the mean")
-    up.add_argument("--color-fix", choices=("none", "wavelet", "adain"), default=None,
-                    help="--pipeline snucv|tsdsr: colour fix (default: none for snucv, wavelet for tsdsr)")
-    up.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                    help="--lr-dir: network precision (auto: fp16 on CUDA, fp32 on CPU)")
-    up.add_argument("--tile", type=_tile, default="auto", help="--lr-dir: LR tile side in px, none, or auto (default)")
     up.add_argument("--overwrite", action="store_true", help="--lr-dir: replace images already in SR_DIR")
+    add_model(up)
+    add_tiles(up)
+    add_dtype(up)
+    add_alpha(up)
+    add_refiner(p.add_argument_group("--lr-dir with --pipeline snucv|tsdsr (as sr4 upscale)"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -222,11 +210,8 @@ def _upscale_lr(args: argparse.Namespace, record: dict) -> int:
     from sr4.cli.upscale import build_processor
 
     # The same processor `sr4 upscale` builds from the same options.
-    options = argparse.Namespace(pipeline=args.pipeline, model=args.model, model_dir=args.model_dir,
-                                 latent=args.latent, color_fix=args.color_fix, tile=args.tile, tile_overlap=16,
-                                 dtype=args.dtype, seed=args.seed, alpha="bicubic")
     try:
-        upscaler = build_processor(options, args.device)
+        upscaler = build_processor(args, args.device)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"sr4 eval: cannot load the upsampler: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sr4.cli.upscale import _tile_arg, positive_int
+from sr4.cli.options import add_device, add_dtype, add_tiles, positive_int
 
 DEFAULT_PORT = 8765
 
@@ -18,12 +18,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=[], metavar="FILE",
                    help="an upsampler checkpoint to offer (MambaIRv2 / -Light, .pth or .safetensors); repeatable")
     p.add_argument("--model-dir", metavar="DIR", help="SNUCV / TSD-SR model folder: offers both pipelines")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda:N (default auto); jobs run one at a time")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto = fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--tile", type=_tile_arg, default="auto", metavar="auto|N",
-                   help="LR tile size in pixels, 0 for no tiling, auto from free memory (default), as sr4 upscale")
-    p.add_argument("--tile-overlap", type=int, default=16, metavar="N", help="LR pixels tiles share (default 16)")
+    add_device(p, help="auto | cpu | cuda:N (default auto); jobs run one at a time")
+    add_dtype(p)
+    add_tiles(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, this machine only); another address lets "
                         "others on the network use the app: there is no login")
@@ -45,14 +42,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"sr4 serve: needs the web extra ({exc.name} is not installed): pip install 'sr4[web]'",
               file=sys.stderr)
         return 2
+    from sr4.cli.options import processor_options
     from sr4.utils.device import resolve_device
     from sr4.web.app import LOCAL_NAMES, run_server
-    from sr4.web.candidates import ProcessorOptions, list_candidates
+    from sr4.web.candidates import list_candidates
     from sr4.web.jobs import WebConfig
 
-    if args.tile_overlap < 0:
-        print("sr4 serve: --tile-overlap must be >= 0", file=sys.stderr)
-        return 2
     try:
         resolve_device(args.device)
         candidates = list_candidates(args.model, args.model_dir)
@@ -68,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
               "you mean it.", file=sys.stderr)
     config = WebConfig(
         candidates=tuple(candidates),
-        processor=ProcessorOptions(device=args.device, dtype=args.dtype, tile=args.tile,
-                                   tile_overlap=args.tile_overlap),
+        processor=processor_options(args),
         max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels, weights_dir=args.weights_dir)
     try:
         return run_server(config, args.host, args.port, open_browser=args.open)

@@ -36,7 +36,7 @@ def main(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_pat
     afresh; seed_stream="run" draws from one stream across the folder, as the official `main` does
     after one torch.manual_seed.
     """
-    from sr4.pipeline.snucv import Pipeline
+    from sr4.pipeline.two_stage import Pipeline
 
     inputs = list_inputs(input_path)
     out_dir = Path(output_path)

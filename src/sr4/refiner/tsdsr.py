@@ -31,20 +31,26 @@ from sr4.refiner.vae_tsdsr import run_vae_tiled_tsdsr, tsdsr_needs_tiles
 
 TIMESTEP = 1000.0
 VAE_TILE_STATS = ("auto", "exact", "fast", "tsdsr")
+# vae_tiling="auto": up to this many output pixels the VAE runs untiled (as SNUCV and TSD-SR do, bit for bit);
+# larger images use VAE tiles so memory stays bounded. 2048^2 covers every DIV2K/NTIRE test output.
+VAE_AUTO_TILE_PIXELS = 2048 * 2048
 
 
 @dataclass
 class RefinerConfig:
-    """Options of the refiner. Tile sizes: latent tiles in latents, VAE encoder tiles in pixels,
-    VAE decoder tiles in latents (TSD-SR defaults: 64/8, 1024, 224). As in TSD-SR (`--vae_encoder_tiled_size`,
-    `--vae_decoder_tiled_size`), a VAE tile size excludes its halo (padding) of context on each side, and a
-    tiled VAE call tiles only once a side exceeds tile + 2 x halo."""
+    """Options of the refiner (the one configuration of stage M: the pipelines and training build it too).
+
+    Tile sizes: latent tiles in latents, VAE encoder tiles in pixels, VAE decoder tiles in latents (TSD-SR
+    defaults: 64/8, 1024, 224). As in TSD-SR (`--vae_encoder_tiled_size`, `--vae_decoder_tiled_size`), a VAE tile
+    size excludes its halo (padding) of context on each side, and a tiled VAE call tiles only once a side exceeds
+    tile + 2 x halo. vae_tiling: True, False, "auto" (tiles above 2048x2048 output pixels) or None (not set: off
+    for the refiner alone, "auto" in the pipelines). clamp_input: the default of `forward(clamp_input=)`."""
 
     latent: Literal["sample", "mean"] = "sample"
     seed: int = 0  # used when forward() gets no generator, so repeated calls give the same image
     latent_tile: int = 64
     latent_overlap: int = 8
-    vae_tiling: bool = False
+    vae_tiling: bool | Literal["auto"] | None = None
     vae_encoder_tile: int = 1024
     vae_encoder_halo: int = 32
     vae_decoder_tile: int = 224
@@ -56,13 +62,15 @@ class RefinerConfig:
     # "auto": exact on CUDA, fast on CPU.
     vae_tile_stats: Literal["auto", "exact", "fast", "tsdsr"] = "auto"
     vae_stat_size: int = 512  # long side (pixels for the encoder, x8 for the decoder) of the fast stats pass
-    clamp_input: bool = False  # TSD-SR clamps x*2-1 to [-1, 1]; SNUCV does not
+    clamp_input: bool = False  # TSD-SR clamps x*2-1 to [-1, 1]; SNUCV does not (the pipelines say it per call)
 
     def __post_init__(self) -> None:
         if self.latent not in ("sample", "mean"):
             raise ValueError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
         if self.latent_tile <= 0 or not 0 <= self.latent_overlap < self.latent_tile:
             raise ValueError(f"need 0 <= latent_overlap < latent_tile, got {self.latent_overlap}, {self.latent_tile}")
+        if self.vae_tiling not in (None, True, False, "auto"):
+            raise ValueError(f"vae_tiling must be True, False or 'auto', got {self.vae_tiling!r}")
         if self.vae_tile_stats not in VAE_TILE_STATS:
             raise ValueError(f"vae_tile_stats must be one of {', '.join(VAE_TILE_STATS)}, got {self.vae_tile_stats!r}")
         for name in ("vae_encoder_tile", "vae_decoder_tile"):
@@ -151,13 +159,21 @@ class TSDSRRefiner(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ stages
-    def _encoder_moments(self, x: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+    def vae_tiles(self, setting: bool | str | None, pixels: int) -> bool:
+        """Whether a call on an image of `pixels` output pixels tiles the VAE: `setting` is this call's
+        (True, False, "auto"), None for the config's (which, when None itself, is off)."""
+        setting = self.config.vae_tiling if setting is None else setting
+        if setting == "auto":
+            return pixels > VAE_AUTO_TILE_PIXELS
+        return bool(setting)
+
+    def _encoder_moments(self, x: torch.Tensor, tiled: bool | str | None = None) -> torch.Tensor:
         def net(t: torch.Tensor) -> torch.Tensor:
             h = self.vae.encoder(t)
             return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
 
         cfg = self.config
-        tiled = cfg.vae_tiling if tiled is None else tiled
+        tiled = self.vae_tiles(tiled, x.shape[-2] * x.shape[-1])
         tile, halo, f = cfg.vae_encoder_tile, cfg.vae_encoder_halo, self.vae_factor
         if not tiled or not tsdsr_needs_tiles(x.shape[-2], x.shape[-1], tile, halo):
             return net(x)
@@ -176,7 +192,7 @@ class TSDSRRefiner(nn.Module):
             return "exact" if x.device.type == "cuda" else "fast"
         return mode
 
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, *, tiled: bool | None = None
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, *, tiled: bool | str | None = None
                ) -> torch.Tensor:
         """x in [-1,1] (model dtype) -> scaled latent z (sample or mean per config)."""
         moments = self._encoder_moments(x, tiled)
@@ -216,14 +232,14 @@ class TSDSRRefiner(nn.Module):
 
         return run_latent_tiles(call, z, self.config.latent_tile, self.config.latent_overlap, max_side)
 
-    def decode(self, z0: torch.Tensor, *, tiled: bool | None = None) -> torch.Tensor:
+    def decode(self, z0: torch.Tensor, *, tiled: bool | str | None = None) -> torch.Tensor:
         """Scaled latent -> image in [-1, 1] (not clamped)."""
         latent = z0 / self.scaling_factor
         if self.vae.post_quant_conv is not None:
             latent = self.vae.post_quant_conv(latent)
         cfg = self.config
-        tiled = cfg.vae_tiling if tiled is None else tiled
         tile, halo, f = cfg.vae_decoder_tile, cfg.vae_decoder_halo, self.vae_factor
+        tiled = self.vae_tiles(tiled, latent.shape[-2] * latent.shape[-1] * f * f)
         if not tiled or not tsdsr_needs_tiles(latent.shape[-2], latent.shape[-1], tile, halo):
             return self.vae.decoder(latent)
         mode = self._tile_stats(latent)
@@ -235,11 +251,12 @@ class TSDSRRefiner(nn.Module):
             return run_vae_tiled_exact(decoder_steps(self.vae.decoder), self.vae.decoder, latent, tiles)
         return run_vae_tiled(self.vae.decoder, self.vae.decoder, latent, tiles)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *, vae_tiling: bool | None = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *,
+                vae_tiling: bool | str | None = None, clamp_input: bool | None = None) -> torch.Tensor:
         """x (B,3,H,W) float in [0,1] -> refined (B,3,H,W) in [0,1], in x's dtype.
 
-        vae_tiling overrides config.vae_tiling for this call (None: use the config).
+        Per call (None: the config's): vae_tiling True, False or "auto" (decided from x's size, once for the
+        encoder and the decoder); clamp_input, whether x*2-1 is clamped to [-1, 1] (TSD-SR does, SNUCV does not).
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"refiner input must be (B,3,H,W), got {tuple(x.shape)}")
@@ -248,11 +265,12 @@ class TSDSRRefiner(nn.Module):
             raise ValueError(f"refiner input sides must be >= {f} px, got {tuple(x.shape[-2:])}")
         out_dtype = x.dtype if x.dtype.is_floating_point else torch.float32
         pixels = x.to(device=self.device, dtype=self.dtype) * 2 - 1
-        if self.config.clamp_input:
+        if self.config.clamp_input if clamp_input is None else clamp_input:
             pixels = pixels.clamp(-1, 1)
-        z = self.encode(pixels, generator, tiled=vae_tiling)
+        tiled = self.vae_tiles(vae_tiling, x.shape[-2] * x.shape[-1])
+        z = self.encode(pixels, generator, tiled=tiled)
         z0 = z - self.predict_v(z)
-        image = self.decode(z0, tiled=vae_tiling).clamp(-1, 1) * 0.5 + 0.5
+        image = self.decode(z0, tiled=tiled).clamp(-1, 1) * 0.5 + 0.5
         if image.shape[-2:] != x.shape[-2:]:  # sides not multiples of 8: resize back, as SNUCV does
             image = F.interpolate(image, size=tuple(x.shape[-2:]), mode="bicubic", align_corners=False).clamp(0, 1)
         return image.to(out_dtype)

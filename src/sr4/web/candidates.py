@@ -2,36 +2,22 @@
 
 Candidates come only from the command line (the browser picks among them by id): plain bicubic,
 the bundled default model, every `--model FILE`, and the SNUCV / TSD-SR pipelines when a model
-folder is given. `load_processor` builds each through the same code as `sr4 upscale`
-(`sr4.cli.upscale.build_processor`), so a result is the same pixels `sr4 upscale` writes with the
-same options; new kinds of model plug in there.
+folder is given. `load_processor` builds each through the same function as `sr4 upscale`
+(`sr4.pipeline.factory.build_processor`, models from the registry `sr4.models`), so a result is the same pixels
+`sr4 upscale` writes with the same options; new kinds of model plug in there.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sr4.models.bicubic import BICUBIC
 from sr4.pipeline.base import ImageProcessor
-
-
-@dataclass(frozen=True)
-class ProcessorOptions:
-    """The `sr4 upscale` options a served processor is built with (the seed is chosen per job)."""
-
-    device: str = "auto"
-    dtype: str = "auto"
-    tile: int | str | None = "auto"
-    tile_overlap: int = 16
-    alpha: str = "bicubic"
-    latent: str = "sample"
-    color_fix: str | None = None
-    merge_lora: bool = False
-    vae_tiling: str = "auto"
-    vae_tile_stats: str = "auto"
+from sr4.pipeline.factory import ProcessorOptions, build_processor
 
 
 @dataclass(frozen=True)
@@ -92,16 +78,10 @@ def _pipeline_problem(root: Path, kind: str) -> str | None:
 
 def load_processor(candidate: Candidate, options: ProcessorOptions) -> ImageProcessor:
     """The processor `sr4 upscale` would build for this candidate and these options."""
-    from sr4.cli.upscale import build_processor
-
     if candidate.unavailable:
         raise RuntimeError(f"{candidate.label} is unavailable: {candidate.unavailable}")
-    model = {"bicubic": "bicubic", "default": None}.get(candidate.kind, str(candidate.source))
     pipeline = candidate.kind if candidate.kind in ("snucv", "tsdsr") else "upsampler"
-    args = argparse.Namespace(
-        pipeline=pipeline, model=None if pipeline != "upsampler" else model,
-        model_dir=str(candidate.source) if pipeline != "upsampler" else None,
-        tile=options.tile, tile_overlap=options.tile_overlap, dtype=options.dtype, seed=0, alpha=options.alpha,
-        latent=options.latent, color_fix=options.color_fix, merge_lora=options.merge_lora,
-        vae_tiling=options.vae_tiling, vae_tile_stats=options.vae_tile_stats)
-    return build_processor(args, options.device)
+    model = {"bicubic": BICUBIC, "default": None}.get(candidate.kind, str(candidate.source))
+    return build_processor(pipeline, model if pipeline == "upsampler" else None,
+                           str(candidate.source) if pipeline != "upsampler" else None,
+                           dataclasses.replace(options, seed=0))

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sr4.web.candidates import Candidate, ProcessorOptions, load_processor
+from sr4.pipeline.factory import ProcessorOptions
+from sr4.web.candidates import Candidate, load_processor
 from sr4.web.uploads import UploadError, display_name, stem
 
 #: metrics shown for every result / only against an HR reference, in the page's column order.
