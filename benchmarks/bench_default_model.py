@@ -2,7 +2,6 @@
 
     python scripts/prepare_data.py --work W --val 12                # photos from Debian packages
     python benchmarks/bench_default_model.py prepare W              # test/val split + training tiles
-    python benchmarks/bench_default_model.py init CONFIG OUT.safetensors  # bicubic-path start weights
     python benchmarks/bench_default_model.py export EXP OUT.safetensors  # EMA weights -> sr4/weights
     python benchmarks/bench_default_model.py run W [--limit N]      # the table
 
@@ -63,34 +62,12 @@ def prepare(work: Path) -> int:
     return 0
 
 
-def bicubic_init(config: Path, out: Path) -> int:
-    """Start weights for the recipe: the network's seeded random init with a bicubic linear path
-    (sr4.networks.default.bicubic_path_state_dict), so step 0 is bicubic x4."""
-    import torch
-    from safetensors.torch import save_file
-
-    from sr4.networks.default import bicubic_path_state_dict
-    from sr4.networks.loading import load_upsampler
-    from sr4.training.config import load_config
-    from sr4.training.trainer import build_upsampler
-
-    cfg = load_config(config)
-    torch.manual_seed(cfg.seed)  # as the trainer seeds before building
-    model = build_upsampler(cfg.model)
-    sd = bicubic_path_state_dict(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(out), metadata={"format": "pt", "init": "bicubic"})
-    load_upsampler(out)
-    print(f"{out}: bicubic-path init of {config}")
-    return 0
-
-
 def export(exp: Path, out: Path) -> int:
     """Write the EMA weights of EXP's latest checkpoint (official key layout) with provenance metadata."""
     from safetensors.torch import load_file, save_file
 
-    from sr4.networks.default import sha256_of
-    from sr4.networks.loading import load_upsampler
+    from sr4.models.bundled import sha256_of
+    from sr4.models.loading import load_upsampler
     from sr4.training.checkpoint import EMA_WEIGHTS, find_checkpoint
 
     ckpt = find_checkpoint(exp)
@@ -135,7 +112,7 @@ def run(work: Path, limit: int, threads: int, figure: Path | None, no_niqe: bool
 
     from sr4.metrics.niqe import niqe
     from sr4.metrics.psnr_ssim import psnr, ssim
-    from sr4.networks.default import DEFAULT_MODEL
+    from sr4.models.bundled import DEFAULT_MODEL
     from sr4.pipeline.upscaler import Upscaler
 
     torch.set_num_threads(threads)
@@ -214,9 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="split held-out photos into test/val and cut training tiles")
     p.add_argument("work", type=Path)
-    i = sub.add_parser("init", help="write start weights whose linear path is MATLAB bicubic x4")
-    i.add_argument("config", type=Path)
-    i.add_argument("out", type=Path)
     e = sub.add_parser("export", help="write the EMA weights of an experiment's latest checkpoint")
     e.add_argument("exp", type=Path)
     e.add_argument("out", type=Path)
@@ -229,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         return prepare(args.work)
-    if args.cmd == "init":
-        return bicubic_init(args.config, args.out)
     if args.cmd == "export":
         return export(args.exp, args.out)
     return run(args.work, args.limit, args.threads, args.figure, args.no_niqe)

@@ -18,6 +18,7 @@ import yaml
 
 from sr4.errors import ConfigError
 from sr4.models import REGISTRY, NetworkArchitecture
+from sr4.training.init import INITS
 
 
 @dataclass
@@ -29,13 +30,18 @@ class ModelConfig:
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     scale: int = 4
+    # Start weights without a checkpoint: "random" (the network's own initialisation) or "bicubic_path" (that,
+    # with the linear path set to MATLAB bicubic: sr4's bundled model's recipe; sr4.training.init).
+    init: str = "random"
     # Recompute U's activations in the backward pass: U's activations are then not held while M
     # runs its forward and backward (peak = max instead of sum), for one extra forward of U.
     gradient_checkpointing: bool = False
 
 
 @dataclass
-class RefinerConfig:
+class RefinerTrainingConfig:
+    """How training uses stage M (the refiner's own options are `sr4.refiner.tsdsr.RefinerConfig`)."""
+
     # Folder in the SNUCV/TSD-SR layout (transformer/, vae/, LoRA files, prompt embeddings).
     path: str | None = None
     # M's weights and autocast dtype on CUDA ("bf16", "fp16", "fp32"); fp32 on CPU. bf16 by default:
@@ -115,7 +121,7 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
-    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    refiner: RefinerTrainingConfig = field(default_factory=RefinerTrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -275,6 +281,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for i, src in enumerate(d.train):
         need(bool(src.path), f"data.train.{i}.path: empty")
         need(src.weight > 0, f"data.train.{i}.weight: must be > 0, got {src.weight}")
+    need(cfg.model.init in INITS, f"model.init: {cfg.model.init!r} is not one of {', '.join(INITS)}")
+    need(cfg.model.init == "random" or not cfg.model.checkpoint,
+         f"model.init: {cfg.model.init} sets start weights; it cannot be combined with model.checkpoint")
     need(d.gt_size > 0 and d.gt_size % cfg.model.scale == 0,
          f"data.gt_size: {d.gt_size} must be a positive multiple of model.scale={cfg.model.scale}")
     need(d.batch_size > 0, "data.batch_size: must be > 0")

@@ -30,6 +30,7 @@ from sr4.training import checkpoint as ckpt_io
 from sr4.training.config import ConfigError, ModelConfig, OptimConfig, TrainConfig, dump_config
 from sr4.training.data import StepBatchSampler, TrainDataset, ValDataset, collate
 from sr4.training.ema import EMA
+from sr4.training.init import apply_init
 from sr4.training.losses import SRLoss
 from sr4.utils.atomic import atomic_write_text
 from sr4.utils.device import resolve_device, resolve_dtype
@@ -100,6 +101,10 @@ def build_upsampler(m: ModelConfig) -> nn.Module:
             raise ConfigError(f"model.kwargs: {exc}") from None
     if descriptor.scale != m.scale:
         raise ConfigError(f"model.scale={m.scale} but the upsampler is x{descriptor.scale}")
+    try:
+        apply_init(descriptor.model, m.init)
+    except ValueError as exc:
+        raise ConfigError(f"model.init: {exc}") from None
     return descriptor.model
 
 
@@ -108,7 +113,8 @@ def build_refiner(cfg: TrainConfig, device: torch.device) -> nn.Module:
 
     r = cfg.refiner
     dtype = resolve_dtype(r.dtype, device) if device.type == "cuda" else torch.float32
-    rcfg = RefinerConfig(latent_tile=r.tile, latent_overlap=min(8, r.tile // 8)) if r.tile else RefinerConfig()
+    tiles = {"latent_tile": r.tile, "latent_overlap": min(8, r.tile // 8)} if r.tile else {}
+    rcfg = RefinerConfig(vae_tiling=False, **tiles)  # patches are small: the VAE runs whole
     return TSDSRRefiner.from_model_dir(r.path, device=device, dtype=dtype, config=rcfg)
 
 
