@@ -35,12 +35,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        print(f"sr4 serve: needs the web extra ({exc.name} is not installed): pip install 'sr4[web]'",
-              file=sys.stderr)
+    from sr4.optional import problem
+
+    needs = problem("web", "sr4 serve")
+    if needs is not None:
+        print(f"sr4 serve: {needs}", file=sys.stderr)
         return 2
     from sr4.cli.options import processor_options
     from sr4.utils.device import resolve_device

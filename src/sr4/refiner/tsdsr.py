@@ -23,6 +23,7 @@ from torch import nn
 
 from sr4.checkpoints import load_object
 from sr4.errors import CheckpointError
+from sr4.optional import require
 from sr4.refiner.folder import ModelFolder, validate_model_folder
 from sr4.refiner.lora import TRANSFORMER_TARGETS, VAE_TARGETS, attach_lora, merge_lora, read_lora_file
 from sr4.refiner.tiling import VAETileConfig, run_latent_tiles, run_vae_tiled
@@ -117,6 +118,7 @@ class TSDSRRefiner(nn.Module):
                        dtype: torch.dtype = torch.float32, merge: bool = False,
                        config: RefinerConfig | None = None, folder: ModelFolder | None = None) -> TSDSRRefiner:
         """Load SD3 transformer + VAE (diffusers layout, local files only), LoRA and embeddings."""
+        require("refiner", "the TSD-SR refiner")
         from diffusers import AutoencoderKL, SD3Transformer2DModel
 
         folder = folder or validate_model_folder(model_dir, need_upsampler=False)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sr4.optional import require
+
 # OpenAI CLIP preprocessing constants (used when the folder has no preprocessor_config.json).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -22,6 +24,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class CLIPPromptLoss(nn.Module):
     def __init__(self, path: str | Path, positive: str = "Good photo", negative: str = "Bad photo") -> None:
         super().__init__()
+        require("train", "the CLIP loss")
         from transformers import AutoTokenizer, CLIPModel
 
         path = Path(path)

@@ -10,12 +10,12 @@ folder is given. `load_processor` builds each through the same function as `sr4 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sr4.models.bicubic import BICUBIC
+from sr4.optional import problem
 from sr4.pipeline.base import ImageProcessor
 from sr4.pipeline.factory import ProcessorOptions, build_processor
 
@@ -65,8 +65,9 @@ def list_candidates(models: list[str | os.PathLike] | None = None,
 
 
 def _pipeline_problem(root: Path, kind: str) -> str | None:
-    if importlib.util.find_spec("diffusers") is None or importlib.util.find_spec("peft") is None:
-        return "needs the refiner extra (pip install 'sr4[refiner]')"
+    needs = problem("refiner", "the two-stage pipelines")
+    if needs is not None:
+        return needs
     from sr4.refiner.folder import ModelFolderError, validate_model_folder
 
     try:
