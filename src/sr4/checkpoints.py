@@ -33,7 +33,7 @@ _MAX_SAFETENSORS_HEADER = 100_000_000
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def sniff(path: str | os.PathLike) -> str:
+def sniff(path: str | os.PathLike[str]) -> str:
     """The format from the first bytes: ``"safetensors"`` (an 8-byte little-endian header length, then the
     JSON header's '{'), ``"torch-zip"`` (a torch zip archive) or ``"torch-legacy"`` (a legacy torch pickle).
 
@@ -61,7 +61,7 @@ def sniff(path: str | os.PathLike) -> str:
     raise CheckpointError(f"{path}: not a safetensors file nor a PyTorch checkpoint (unrecognised header {head[:8]!r})")
 
 
-def load_object(path: str | os.PathLike) -> Any:
+def load_object(path: str | os.PathLike[str]) -> Any:
     """What the file holds, on the CPU: a dict of tensors for safetensors, whatever ``torch.save`` stored (tensors,
     numbers, strings, containers of them) for torch files. Pickled Python objects are refused, never run."""
     path = Path(path)
@@ -95,7 +95,7 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def read_state_dict(path: str | os.PathLike, key: str | None = None,
+def read_state_dict(path: str | os.PathLike[str], key: str | None = None,
                     wrappers: tuple[str, ...] = WRAPPER_KEYS) -> dict[str, torch.Tensor]:
     """The bare state_dict of a weights file (tensors on CPU, wrappers and ``module.`` removed).
 

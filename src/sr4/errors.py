@@ -42,7 +42,7 @@ class LoraError(Sr4Error, ValueError):
 class ImageError(Sr4Error, ValueError):
     """An image file that cannot be read or written; `str()` starts with the path."""
 
-    def __init__(self, path: str | os.PathLike, problem: str):
+    def __init__(self, path: str | os.PathLike[str], problem: str):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
@@ -55,7 +55,7 @@ class NonFiniteOutputError(Sr4Error, RuntimeError):
 class OutputExistsError(Sr4Error, FileExistsError):
     """The final name was taken (by another process or the user) and replacing was not allowed."""
 
-    def __init__(self, target: str | os.PathLike):
+    def __init__(self, target: str | os.PathLike[str]):
         self.target = Path(target)
         super().__init__(errno.EEXIST, "a file appeared under this name while it was being written; left alone",
                          str(target))

@@ -7,24 +7,24 @@ post-processing truncates to 8 bits where torchvision's ToPILImage does (``x.mul
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 
 class _RoundSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x * 255) / 255
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
 
 def quantize_8bit_ste(x: torch.Tensor) -> torch.Tensor:
     """round(x*255)/255 in the forward pass, identity gradient in the backward pass (not clamped)."""
-    return _RoundSTE.apply(x)
+    return cast(torch.Tensor, _RoundSTE.apply(x))
 
 
 def truncate_8bit(x: torch.Tensor) -> torch.Tensor:

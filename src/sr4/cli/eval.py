@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from sr4.cli.options import add_alpha, add_device, add_dtype, add_model, add_output, add_refiner, add_tiles
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"sr4 eval: {problem}", file=sys.stderr)
         return 2
-    upscaled: dict[str, object] = {}
+    upscaled: dict[str, Any] = {}
     if args.lr_dir is not None:
         code = _upscale_lr(args, upscaled)
         if code:

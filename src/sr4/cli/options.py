@@ -144,7 +144,7 @@ def processor_options(args: argparse.Namespace, device: str | None = None) -> An
     """The `ProcessorOptions` the flags ask for (a flag a command does not have keeps its default)."""
     from sr4.pipeline.factory import ProcessorOptions
 
-    values = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(ProcessorOptions)}
+    values: dict[str, Any] = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(ProcessorOptions)}
     if device is not None:
         values["device"] = device
     return ProcessorOptions(**values)

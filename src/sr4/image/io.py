@@ -28,6 +28,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -170,7 +171,8 @@ def _cmyk_to_srgb(img: Image.Image, icc: bytes) -> tuple[Image.Image, bytes | No
         from PIL import ImageCms
 
         srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-        rgb = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb, outputMode="RGB")
+        rgb = cast(Image.Image, ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb,
+                                                          outputMode="RGB"))
         return rgb, srgb.tobytes(), "CMYK converted to sRGB through its ICC profile"
     except Exception as exc:  # noqa: BLE001 - profiles in the wild fail in many ways (PyCMSError, OSError, ...)
         return img, None, (f"its CMYK ICC profile could not be applied ({exc}); converted to RGB without it "
@@ -293,7 +295,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None, frames
         try:
             count = int(getattr(img, "n_frames", 1))
             if count > 1 and frames == "refuse":
-                raise ImageError(path, f"{_frames_word(fmt, count)}: only single images are read here "
+                raise ImageError(path, f"{_frames_word(fmt or 'image', count)}: only single images are read here "
                                        "(sr4 upscale keeps every frame)")
             sizes = _frame_sizes(img, count)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -454,7 +456,7 @@ def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, qualit
     if not isinstance(data, ImageData):
         data = ImageData(pixels=data)
     fmt = output_format(path)
-    frames = data.animation.frames if data.frame_count > 1 else [data.pixels]
+    frames = data.animation.frames if data.animation is not None and data.frame_count > 1 else [data.pixels]
     animated = len(frames) > 1
     if animated and fmt not in MULTI_FRAME_FORMATS:
         raise ImageError(path, f"the image has {len(frames)} frames and {fmt} holds one; write PNG, WebP, GIF "
@@ -468,7 +470,7 @@ def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, qualit
     try:
         with atomic_file(path, replace=overwrite) as fh:
             if fmt == "TIFF" and any(f.dtype == np.uint16 and f.shape[2] > 1 for f in frames):
-                tiff16.write(fh, frames, icc)
+                tiff16.write(cast(BinaryIO, fh), frames, icc)
             elif fmt == "PNG" and frames[0].dtype == np.uint16 and frames[0].shape[2] > 1:
                 fh.write(png16.encode(frames[0], icc, exif=data.exif))
             else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ def _out_sizes(in_h: int, in_w: int, scale, size) -> tuple[tuple[int, int], tupl
 
 
 def _resize_axis_np(a: np.ndarray, axis: int, weights: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    out = None
+    out: Any = None
     for k in range(weights.shape[1]):
         taken = np.take(a, indices[:, k], axis=axis)
         shape = [1] * a.ndim
@@ -91,11 +92,21 @@ def _resize_axis_torch(t: torch.Tensor, axis: int, weights: np.ndarray, indices:
     idx = torch.from_numpy(indices).to(t.device)
     shape = [1] * t.ndim
     shape[axis] = -1
-    out = None
+    out: Any = None
     for k in range(weights.shape[1]):
         term = t.index_select(axis, idx[:, k]) * w[:, k].reshape(shape)
         out = term if out is None else out + term
     return out
+
+
+@overload
+def imresize(img: np.ndarray, scale: float | Sequence[float] | None = None, *, size: Sequence[int] | None = None,
+             antialiasing: bool = True) -> np.ndarray: ...
+
+
+@overload
+def imresize(img: torch.Tensor, scale: float | Sequence[float] | None = None, *, size: Sequence[int] | None = None,
+             antialiasing: bool = True) -> torch.Tensor: ...
 
 
 def imresize(
@@ -117,8 +128,7 @@ def imresize(
     ``size`` the per-axis scale is ``out / in``. As MATLAB, the axis with the smaller scale goes
     first, height first on ties.
     """
-    is_torch = isinstance(img, torch.Tensor)
-    if is_torch:
+    if isinstance(img, torch.Tensor):
         if img.ndim < 2:
             raise ValueError(f"imresize: tensor needs at least 2 dims (..., H, W), got shape {tuple(img.shape)}")
         h_axis, w_axis = img.ndim - 2, img.ndim - 1
@@ -134,7 +144,7 @@ def imresize(
     if sw < sh:
         plan.reverse()
 
-    if is_torch:
+    if isinstance(img, torch.Tensor):
         t = img if img.is_floating_point() else img.to(torch.float32)
         for axis, n_in, n_out, s in plan:
             if n_in == n_out and s == 1:

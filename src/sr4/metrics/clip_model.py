@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,9 @@ class CLIPConfig:
 
 
 class _FrozenBatchNorm(nn.Module):
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     """BatchNorm2d in inference mode (running statistics), without the training counter."""
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
@@ -311,7 +315,7 @@ class _ScriptObject:
         self.attributes = state
 
 
-def _typed_list(*args: object) -> list:
+def _typed_list(*args: Any) -> list:
     return list(args[0]) if len(args) == 1 else list(args)
 
 

@@ -80,6 +80,10 @@ def prompt_tokens(context_length: int | None = None) -> torch.Tensor:
 
 
 class CLIPIQA(nn.Module):
+    tokens: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     """No-reference CLIP-IQA. ``CLIPIQA()`` is RN50-sized with zero weights; use ``from_pretrained``.
 
     ``forward(x)``: (B, 3, H, W) in [0, 1] (H, W >= 31; not clamped, pyiqa checks the range; a grey

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ _POOLS = {1: (4, 64), 2: (9, 128), 3: (16, 256), 4: (23, 512)}
 
 
 class L2Pool(nn.Module):
+    filter: torch.Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         a = np.hanning(5)[1:-1]
@@ -50,6 +53,9 @@ class DISTS(nn.Module):
 
     ``forward(x, y)``: (B, 3, H, W) in [0, 1] -> (B,) distances (0 for identical images).
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -84,9 +90,10 @@ class DISTS(nn.Module):
             raise ValueError(f"DISTS expects two (B, 3, H, W) tensors of one shape, got {shapes}")
         c1 = c2 = 1e-6
         w_sum = self.alpha.sum() + self.beta.sum()
-        alphas = torch.split(self.alpha / w_sum, CHANNELS, dim=1)
-        betas = torch.split(self.beta / w_sum, CHANNELS, dim=1)
-        d1 = d2 = 0
+        alphas = torch.split(self.alpha / w_sum, list(CHANNELS), dim=1)
+        betas = torch.split(self.beta / w_sum, list(CHANNELS), dim=1)
+        d1: Any = 0
+        d2: Any = 0
         for fx, fy, a, b in zip(self._features(x), self._features(y), alphas, betas):
             mx = fx.mean((2, 3), keepdim=True)
             my = fy.mean((2, 3), keepdim=True)

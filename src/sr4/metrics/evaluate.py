@@ -144,10 +144,9 @@ def score_image(sr: np.ndarray, hr: np.ndarray | None, metrics: Iterable[str], l
         if hr is None and m in FULL_REFERENCE_METRICS:
             continue
         try:
-            if m == "psnr":
-                values[m] = psnr(sr, hr, cfg.fidelity)
-            elif m == "ssim":
-                values[m] = ssim(sr, hr, cfg.fidelity)
+            if m in ("psnr", "ssim"):
+                assert hr is not None  # full-reference metrics were skipped above without HR
+                values[m] = (psnr if m == "psnr" else ssim)(sr, hr, cfg.fidelity)
             elif m == "niqe":
                 values[m] = niqe(sr, cfg.niqe)
             else:

@@ -79,7 +79,12 @@ def _build(name: str, root: Path, device: torch.device) -> tuple[MetricFn, str]:
 
     @torch.no_grad()
     def fn(sr: torch.Tensor, hr: torch.Tensor | None) -> float:
-        out = model(sr.to(device), hr.to(device)) if full_reference else model(sr.to(device))
+        if not full_reference:
+            out = model(sr.to(device))
+        elif hr is None:
+            raise ValueError(f"{name} needs the HR image")
+        else:
+            out = model(sr.to(device), hr.to(device))
         return float(out.flatten()[0])
 
     return fn, module.VERSION

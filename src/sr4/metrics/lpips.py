@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +38,9 @@ VERSION = "LPIPS v0.1 alex (pyiqa 0.1.13 semantics)"
 
 
 class _ScalingLayer(nn.Module):
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
@@ -99,7 +103,7 @@ class LPIPS(nn.Module):
             raise ValueError(f"LPIPS expects two (B, 3, H, W) tensors of one shape, got {shapes}")
         fx = self.net(self.scaling_layer(2 * x - 1))
         fy = self.net(self.scaling_layer(2 * y - 1))
-        total = 0
+        total: Any = 0
         for lin, a, b in zip(self.lins, fx, fy):
             total = total + lin((_unit(a) - _unit(b)) ** 2).mean(dim=(2, 3))
         return total[:, 0]
@@ -112,7 +116,7 @@ class LPIPS(nn.Module):
         if not any(k.startswith("lin") for k in tensors):
             raise WeightsError(f"{lp}: no lin<k>.model.1.weight keys; not an LPIPS weight file")
         # pyiqa's module also lists the heads as lins.<k>; files without a dropout slot use model.0.
-        renamed = {}
+        renamed: dict[str, torch.Tensor] = {}
         for k, v in tensors.items():
             if k.startswith("lins."):
                 k = "lin" + k[len("lins."):]

@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,8 +124,8 @@ class MANIQA(nn.Module):
             raise ValueError(f"MANIQA needs 4 ViT taps below vit_depth={cfg.vit_depth}, got {cfg.taps}")
         d, g = cfg.embed_dim, cfg.grid
         self.vit = ViTTrunk(d, cfg.vit_depth, cfg.vit_heads, cfg.vit_mlp, cfg.patch_size, CROP)
-        swin = dict(resolution=(g, g), depths=cfg.swin_depths, num_heads=cfg.swin_heads, window=cfg.window_size,
-                    mlp_hidden=cfg.dim_mlp, scale=cfg.scale)
+        swin: dict[str, Any] = dict(resolution=(g, g), depths=cfg.swin_depths, num_heads=cfg.swin_heads,
+                                    window=cfg.window_size, mlp_hidden=cfg.dim_mlp, scale=cfg.scale)
         self.tablock1 = nn.ModuleList(TABlock(g * g) for _ in range(cfg.num_tab))
         self.conv1 = nn.Conv2d(4 * d, d, 1)
         self.swintransformer1 = SwinGroup(d, **swin)
@@ -208,7 +209,7 @@ class MANIQA(nn.Module):
         if unknown:
             raise TypeError(f"unknown MANIQA config fields: {', '.join(sorted(unknown))}")
         found.update(overrides)
-        taps = tuple(found.get("taps", MANIQAConfig.taps))  # type: ignore[arg-type]
+        taps: tuple[int, ...] = tuple(found.get("taps", MANIQAConfig.taps))  # type: ignore[arg-type]
         vit_blocks = count(r"vit\.blocks\.(\d+)\..*")
         if vit_blocks <= max(taps):
             raise WeightsError(f"{source}: ViT has {vit_blocks} blocks, MANIQA reads block {max(taps)}")

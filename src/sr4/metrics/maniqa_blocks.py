@@ -13,6 +13,8 @@ Parameter names follow the modules pyiqa builds (timm ``VisionTransformer`` and 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,7 +83,7 @@ class ViTTrunk(nn.Module):
     def forward(self, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
         if x.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"ViT input must be {self.img_size}x{self.img_size}, got {tuple(x.shape[-2:])}")
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = cast(nn.Conv2d, self.patch_embed.proj)(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         out = {}
         last = max(taps)
@@ -93,6 +95,8 @@ class ViTTrunk(nn.Module):
 
 
 class WindowAttention(nn.Module):
+    relative_position_index: torch.Tensor
+
     def __init__(self, dim: int, window: int, num_heads: int) -> None:
         super().__init__()
         if dim % num_heads:

@@ -56,7 +56,7 @@ class NIQEParams:
 @lru_cache(maxsize=1)
 def pristine_params() -> NIQEParams:
     """The pristine multivariate Gaussian shipped as package data (read once; treat as read-only)."""
-    with resources.files("sr4").joinpath("data", "niqe_pris_params.npz").open("rb") as fh:
+    with resources.files("sr4").joinpath("data").joinpath("niqe_pris_params.npz").open("rb") as fh:
         z = np.load(fh)
         return NIQEParams(
             mu=np.ravel(z["mu_pris_param"]).astype(np.float64),

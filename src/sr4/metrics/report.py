@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def _json_num(v):
     return v
 
 
-def summary(result: EvalResult, sr_dir: Path, hr_dir: Path, outputs: dict[str, str]) -> dict:
+def summary(result: EvalResult, sr_dir: Path, hr_dir: Path, outputs: dict[str, Any]) -> dict:
     from sr4 import __version__
 
     cfg = result.config
@@ -305,6 +306,7 @@ def render_html(result: EvalResult, sr_dir: Path, hr_dir: Path, rank: str | None
             p.append("<div>" + box_plot_svg([r.values.get(m, math.nan) for r in result.images], LABELS[m]) + "</div>")
 
     if showcase:
+        assert rank is not None  # a showcase is ranked
         p.append(f"<h2>Best and worst by {e(LABELS[rank])}</h2>")
         for tag, r, crops in showcase:
             p.append(f"<h3>{e(tag)}: {e(r.key)} ({e(LABELS[rank])} {_fmt(r.values[rank])})</h3>"

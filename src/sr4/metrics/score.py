@@ -9,14 +9,14 @@ challenge's table, so ``challenge_score`` returns None (and names what is missin
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 SCORE_METRICS = ("lpips", "dists", "clipiqa", "maniqa", "musiq", "niqe")
 
 
 def score_terms(avg: Mapping[str, float]) -> dict[str, float]:
     """Each metric's contribution to the score (only for the metrics present in ``avg``)."""
-    rules = {
+    rules: dict[str, Callable[[float], float]] = {
         "lpips": lambda v: 1.0 - v,
         "dists": lambda v: 1.0 - v,
         "clipiqa": lambda v: v,
@@ -39,4 +39,5 @@ def challenge_score(avg: Mapping[str, float | None]) -> float | None:
     """The challenge score from averages keyed by lower-case metric name; None if any is missing."""
     if missing_for_score(avg):
         return None
-    return float(sum(score_terms(avg).values()))
+    known = {k: float(v) for k, v in avg.items() if v is not None}
+    return float(sum(score_terms(known).values()))

@@ -40,7 +40,7 @@ class BicubicArchitecture(Architecture):
 
         return self._descriptor(module) if isinstance(module, BicubicUpsampler) else None
 
-    def _descriptor(self, module: nn.Module) -> ModelDescriptor:
+    def _descriptor(self, module: Any) -> ModelDescriptor:
         scale = int(module.scale)
         return ModelDescriptor(model=module, arch=self.arch_id, scale=scale, size_requirements=SizeRequirements(1),
                                supported_dtypes=ALL_DTYPES, stochastic=False, memory_per_pixel=module.memory_per_pixel,

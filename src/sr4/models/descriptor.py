@@ -11,7 +11,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -94,7 +94,8 @@ class ModelDescriptor:
             raise ValueError(f"{self.label}: scale must be a positive integer, got {self.scale!r}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.model(x, generator=generator) if self.stochastic else self.model(x)
+        out = self.model(x, generator=generator) if self.stochastic else self.model(x)
+        return cast(torch.Tensor, out)
 
     def supports(self, dtype: torch.dtype) -> bool:
         return dtype in self.supported_dtypes

@@ -24,7 +24,7 @@ from sr4.models.descriptor import ArchId, ModelDescriptor, SizeRequirements
 from sr4.models.registry import REGISTRY, NetworkArchitecture, StateDict, load_file
 
 #: what `load_model` accepts.
-ModelSpec = None | str | os.PathLike | nn.Module | ModelDescriptor
+ModelSpec = None | str | os.PathLike[str] | nn.Module | ModelDescriptor
 
 
 def load_model(spec: ModelSpec = None, *, key: str | None = None) -> ModelDescriptor:
@@ -47,7 +47,7 @@ def load_model(spec: ModelSpec = None, *, key: str | None = None) -> ModelDescri
                     f"got {type(spec).__name__}")
 
 
-def load_upsampler(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+def load_upsampler(path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                    key: str | None = None) -> nn.Module:
     """Read a checkpoint of a registered architecture (MambaIRv2, MambaIRv2-Light) and return the network in eval
     mode on ``device``. ``dtype`` None means float32 (whatever precision the file stores); ``key`` picks a

@@ -117,7 +117,7 @@ def scale_of(kwargs: Mapping[str, Any]) -> int:
     return int(kwargs.get("upscale", 2)) if kwargs.get("upsampler", "") else 1
 
 
-def capabilities(module: nn.Module) -> dict[str, Any]:
+def capabilities(module: Any) -> dict[str, Any]:
     """What a built MambaIRv2 states: its routing noise is drawn at inference (a generator makes it reproducible),
     inputs need half a window per side (flip padding doubles a side at most), activation memory per pixel."""
     scale = int(module.scale)

@@ -257,7 +257,7 @@ class Registry:
 REGISTRY = Registry()
 
 
-def load_file(path: str | os.PathLike, key: str | None = None) -> ModelDescriptor:
+def load_file(path: str | os.PathLike[str], key: str | None = None) -> ModelDescriptor:
     """Read a weights file (`sr4.checkpoints.read_state_dict`; `key` picks a wrapper entry), detect its
     architecture and load it strictly, on the CPU in the file's dtype; the descriptor's label names the file."""
     sd = read_state_dict(path, key=key)

@@ -16,6 +16,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -212,6 +213,7 @@ class WindowAttention(nn.Module):
         for s, e in zip(bounds[:-1], bounds[1:]):
             add = bias
             if s >= lead:
+                assert mask is not None  # lead < bw only with a mask
                 nm = mask.shape[0]
                 picked = torch.arange(s - lead, e - lead, device=mask.device) % nm
                 rows = mask if (s - lead == 0 and e - s == nm) else mask[picked]
@@ -312,8 +314,8 @@ class SelectiveScanParams(nn.Module):
         # W @ dts^T lands in the (B, D, L) layout the scan reads without a transposing copy.
         weight = self.dt_projs_weight[0].float()
         bias = self.dt_projs_bias.float().view(-1, 1)
-        delta = [torch.addmm(bias, weight, d.t()) for d in dts.float()]
-        delta = F.softplus(delta[0].unsqueeze(0) if len(delta) == 1 else torch.stack(delta))
+        per_item = [torch.addmm(bias, weight, d.t()) for d in dts.float()]
+        delta = F.softplus(per_item[0].unsqueeze(0) if len(per_item) == 1 else torch.stack(per_item))
         cs = cs.float() + prompt.float()
         # Named for profilers (benchmarks/bench_upsampler.py reports the scan's share of the forward).
         with torch.profiler.record_function(SCAN_PROFILE_NAME):
@@ -379,7 +381,7 @@ class ASSM(nn.Module):
         inverse = torch.empty_like(rows).scatter_(0, rows, torch.arange(b * n, device=x.device))
 
         # in_proj is a 1x1 conv: a linear map on tokens; CPE runs on a channels_last view.
-        conv = self.in_proj[0]
+        conv = cast(nn.Conv2d, self.in_proj[0])
         seq = F.linear(x, conv.weight.reshape(conv.out_channels, c), conv.bias)  # (B, n, hidden)
         seq = seq * image_to_tokens(self.CPE(tokens_to_image(seq, h, w))).sigmoid_()
         hidden = seq.shape[-1]
@@ -541,6 +543,7 @@ class MambaIRv2Base(nn.Module):
     """Shared body of MambaIRv2 and MambaIRv2-Light; subclasses choose the feed-forward block."""
 
     ffn: FFNFactory = staticmethod(conv_ffn)
+    relative_position_index_SA: torch.Tensor
 
     def __init__(
         self,

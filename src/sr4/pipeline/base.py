@@ -28,7 +28,7 @@ import inspect
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -111,12 +111,12 @@ class ImageProcessor(abc.ABC):
         if isinstance(image, Image.Image):
             from sr4.image.io import from_pil, to_pil
 
-            return to_pil(self.process_array(from_pil(image).pixels, seed=seed, outscale=outscale,
-                                             progress=progress))
+            return cast(ImageT, to_pil(self.process_array(from_pil(image).pixels, seed=seed, outscale=outscale,
+                                                          progress=progress)))
         if isinstance(image, np.ndarray):
-            return self.process_array(image, seed=seed, outscale=outscale, progress=progress)
+            return cast(ImageT, self.process_array(image, seed=seed, outscale=outscale, progress=progress))
         if isinstance(image, torch.Tensor):
-            return self._process_torch(image, seed=seed, outscale=outscale, progress=progress)
+            return cast(ImageT, self._process_torch(image, seed=seed, outscale=outscale, progress=progress))
         raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
 
     def process_array(self, array: np.ndarray, *, seed: int | None = None, outscale: float | None = None,
@@ -125,6 +125,7 @@ class ImageProcessor(abc.ABC):
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
             raise ValueError(f"expected an HxW or HxWxC array with C in 1..4, got shape {array.shape}")
         dtype = array.dtype
+        peak: float | None
         if dtype == np.bool_:
             array, peak = array.astype(np.uint8), 1.0
         else:

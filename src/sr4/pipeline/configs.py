@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -109,7 +109,7 @@ def _replace_all(config: Any, changes: dict[str, Any]) -> Any:
     dataclass, so a combination of values is validated together."""
     values = {name: _replace_all(getattr(config, name), value) if isinstance(value, dict) else value
               for name, value in changes.items()}
-    return dataclasses.replace(config, **values)
+    return cast(Any, dataclasses.replace(config, **values))
 
 
 def with_options(config: PipelineConfig, **options: Any) -> PipelineConfig:
@@ -134,7 +134,7 @@ def with_options(config: PipelineConfig, **options: Any) -> PipelineConfig:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
-    return _replace_all(config, changes)
+    return cast(PipelineConfig, _replace_all(config, changes))
 
 
 def _has_path(cls: type, path: list[str]) -> bool:

@@ -36,6 +36,7 @@ class SNUCVPipeline(Pipeline):
     method = "snucv"
     config_class = SNUCVConfig
     clamp_input = False
+    config: SNUCVConfig
 
     def __init__(self, refiner: TSDSRRefiner, upsampler: Upscaler, config: SNUCVConfig | None = None,
                  device: torch.device | None = None):

@@ -249,5 +249,5 @@ def upscale_with_fallback(forward: TileForward, x: torch.Tensor, *, scale: int, 
             del exc
             if device is not None and device.type == "cuda":
                 torch.cuda.empty_cache()
-            if generator is not None:
+            if generator is not None and state is not None:
                 generator.set_state(state)  # the retry must draw the same noise as a first try would

@@ -53,6 +53,7 @@ class TSDSRPipeline(Pipeline):
     config_class = TSDSRConfig
     clamp_input = True
     upsampler = None  # no stage U: bicubic
+    config: TSDSRConfig
 
     def __init__(self, refiner: TSDSRRefiner, config: TSDSRConfig | None = None, device: torch.device | None = None):
         super().__init__(refiner, config or TSDSRConfig(), device)

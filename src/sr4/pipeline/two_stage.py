@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from importlib import import_module
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 
@@ -71,7 +71,7 @@ class Pipeline(ImageProcessor):
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | os.PathLike, config: PipelineConfig | None = None, *,
+    def from_model_dir(cls, model_dir: str | os.PathLike[str], config: PipelineConfig | None = None, *,
                        pipeline: str | None = None, **overrides: Any) -> Pipeline:
         """Load a SNUCV / TSD-SR model folder (the layout of SNUCV's model_zoo/team04_SNUCV; docs/method.md,
         "Model folder"). Every missing file is reported in one error.
@@ -89,7 +89,7 @@ class Pipeline(ImageProcessor):
         return cls.load(model_dir, config)
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike, config: Any) -> Pipeline:
+    def load(cls, model_dir: str | os.PathLike[str], config: Any) -> Pipeline:
         """Build the method's pipeline from a model folder and a complete config."""
         raise NotImplementedError
 
@@ -99,7 +99,8 @@ class Pipeline(ImageProcessor):
                                            merge=config.merge_lora, config=config.refiner, folder=folder)
 
     @classmethod
-    def validate_folder(cls, model_dir: str | os.PathLike, config: PipelineConfig) -> tuple[ModelFolder, torch.device]:
+    def validate_folder(cls, model_dir: str | os.PathLike[str], config: PipelineConfig
+                        ) -> tuple[ModelFolder, torch.device]:
         return (validate_model_folder(model_dir, need_upsampler=cls.method == "snucv"),
                 resolve_device(config.device))
 
@@ -140,8 +141,8 @@ class Pipeline(ImageProcessor):
         """M on x (B,3,H,W) in [0,1]: VAE tiling decided for this call's size (a config left at None means
         "auto" here), the method's input clamping; shared state is not touched (calls may run concurrently)."""
         tiling = self.refiner.config.vae_tiling
-        return self.refiner(x, generator, vae_tiling="auto" if tiling is None else tiling,
-                            clamp_input=self.clamp_input)
+        out = self.refiner(x, generator, vae_tiling="auto" if tiling is None else tiling, clamp_input=self.clamp_input)
+        return cast(torch.Tensor, out)
 
     def __repr__(self) -> str:
         c = self.refiner.config

@@ -98,7 +98,7 @@ class Upscaler(ImageProcessor):
             tile = auto_tile_size(self.descriptor, self._device, self.dtype, self.scale, self.min_size)
             if height <= tile and width <= tile:
                 return None
-        return tile
+        return None if tile is None else int(tile)
 
     def _forward(self, generator: torch.Generator, sizes: list[tuple[int, int]]) -> TileForward:
         model = self.descriptor

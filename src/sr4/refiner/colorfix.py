@@ -59,7 +59,7 @@ def wavelet_transfer(sr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def wavelet_color_fix(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
     """SR high frequencies + low frequencies of the LR image upsampled to the SR size."""
-    return wavelet_transfer(sr, upsample_like_pil(lr.to(sr.dtype), tuple(sr.shape[-2:])))
+    return wavelet_transfer(sr, upsample_like_pil(lr.to(sr.dtype), (sr.shape[-2], sr.shape[-1])))
 
 
 def adain_color_fix(sr: torch.Tensor, lr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

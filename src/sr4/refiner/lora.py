@@ -93,7 +93,7 @@ def attach_lora(
     targets: tuple[str, ...],
     source: str,
     *,
-    alpha: float | None = None,
+    alpha: int | None = None,
 ) -> int:
     """Add a peft LoRA adapter on `targets` and fill it from `state` (strict). Returns the rank.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +100,12 @@ class TSDSRRefiner(nn.Module):
     """TSD-SR one-step refiner. forward(x in [0,1], generator) -> refined image in [0,1], same size
     (sides that are not multiples of 8 are handled as SNUCV does: the VAE floors, the output is
     resized back bicubically)."""
+
+    # diffusers models (an optional dependency): typed loosely.
+    transformer: Any
+    vae: Any
+    prompt_embeds: torch.Tensor
+    pooled_embeds: torch.Tensor
 
     def __init__(self, transformer: nn.Module, vae: nn.Module, prompt_embeds: torch.Tensor,
                  pooled_embeds: torch.Tensor, config: RefinerConfig | None = None):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ def _push() -> Step:
     return Step(fn=fn)
 
 
-def _resnet_steps(block: nn.Module) -> list[Step]:
+def _resnet_steps(block: Any) -> list[Step]:
     name = type(block).__name__
     if (name != "ResnetBlock2D" or block.upsample is not None or block.downsample is not None
             or block.time_emb_proj is not None):
@@ -66,7 +67,7 @@ def _resnet_steps(block: nn.Module) -> list[Step]:
     ]
 
 
-def _mid_steps(mid: nn.Module) -> list[Step]:
+def _mid_steps(mid: Any) -> list[Step]:
     steps = _resnet_steps(mid.resnets[0])
     for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
         if attn is not None:
@@ -77,7 +78,7 @@ def _mid_steps(mid: nn.Module) -> list[Step]:
     return steps
 
 
-def _head_steps(net: nn.Module) -> list[Step]:
+def _head_steps(net: Any) -> list[Step]:
     if not isinstance(net.conv_norm_out, nn.GroupNorm):
         raise ValueError("exact VAE tile statistics need a GroupNorm before conv_out")
     return [Step(norm=net.conv_norm_out), _run(lambda x: net.conv_out(net.conv_act(net.conv_norm_out(x))))]
@@ -89,7 +90,7 @@ def _require(net: nn.Module, name: str) -> None:
                          "use the fast statistics for other networks")
 
 
-def encoder_steps(encoder: nn.Module, quant_conv: nn.Module | None = None) -> list[Step]:
+def encoder_steps(encoder: Any, quant_conv: nn.Module | None = None) -> list[Step]:
     """diffusers `Encoder` (+ the VAE's quant_conv) as a flat step list."""
     _require(encoder, "Encoder")
     steps = [_run(encoder.conv_in)]
@@ -104,7 +105,7 @@ def encoder_steps(encoder: nn.Module, quant_conv: nn.Module | None = None) -> li
     return steps
 
 
-def decoder_steps(decoder: nn.Module) -> list[Step]:
+def decoder_steps(decoder: Any) -> list[Step]:
     """diffusers `Decoder` (no latent embeddings) as a flat step list."""
     _require(decoder, "Decoder")
     steps = [_run(decoder.conv_in)] + _mid_steps(decoder.mid_block)
@@ -130,8 +131,8 @@ class _Moments:
     def __init__(self, groups: int):
         self.groups = groups
         self.count = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
+        self.mean = torch.zeros(())
+        self.m2 = torch.zeros(())
 
     def add(self, x: torch.Tensor) -> None:
         values = x.detach().double().reshape(x.shape[0], self.groups, -1)
@@ -140,7 +141,7 @@ class _Moments:
             return
         mean = values.mean(-1)
         m2 = ((values - mean[..., None]) ** 2).sum(-1)
-        if self.mean is None:
+        if self.count == 0:
             self.count, self.mean, self.m2 = n, mean, m2
             return
         total = self.count + n
@@ -163,6 +164,14 @@ def run_vae_tiled_exact(steps: list[Step], modules: nn.Module, x: torch.Tensor, 
     return run_vae_staged(steps, modules, x, rows, cols, cfg.scale, _CoreMoments, storage=storage)
 
 
+class StatsCollector(Protocol):
+    """Collects every tile's activation at a barrier, then gives the (mean, var) all tiles are normalised with."""
+
+    def add(self, act: torch.Tensor, tile: _Tile, scale: float) -> None: ...
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class _CoreMoments:
     """Exact statistics: every tile's core (the cores tile the image once) merged with Chan's formula."""
 
@@ -177,7 +186,7 @@ class _CoreMoments:
 
 
 def run_vae_staged(steps: list[Step], modules: nn.Module, x: torch.Tensor, rows: list[Span], cols: list[Span],
-                   out_scale: float, statistics: Callable[[int], object], *, groups: int | None = None,
+                   out_scale: float, statistics: Callable[[int], StatsCollector], *, groups: int | None = None,
                    eps: float | None = None, storage: torch.device | None = None) -> torch.Tensor:
     """Run the unrolled VAE half stage by stage over the product grid rows x cols; at every GroupNorm
     barrier `statistics(groups)` collects each tile (`add(activation, tile, scale)`) and gives the
@@ -199,12 +208,13 @@ def run_vae_staged(steps: list[Step], modules: nn.Module, x: torch.Tensor, rows:
                 act = tile.x.to(device)
                 stack = [t.to(device) for t in tile.stack]
                 for step in stage:
+                    assert step.fn is not None  # only barriers have no function, and stages end at them
                     act = step.fn(act, stack)
                 if collector is not None:
                     collector.add(act, tile, scale)
                 tile.x = act.to(storage)
                 tile.stack = [t.to(storage) for t in stack]
-            if barrier is not None:
+            if barrier is not None and collector is not None:
                 stats.stats[index[id(barrier)]] = collector.result()
     out_rows: dict[int, list[torch.Tensor]] = {}
     for tile in tiles:
@@ -215,7 +225,8 @@ def run_vae_staged(steps: list[Step], modules: nn.Module, x: torch.Tensor, rows:
 
 def _stages(steps: list[Step]) -> list[tuple[list[Step], nn.GroupNorm | None]]:
     """Cut the step list at its statistics barriers: (steps before the barrier, the barrier's GroupNorm)."""
-    stages, current = [], []
+    stages: list[tuple[list[Step], nn.GroupNorm | None]] = []
+    current: list[Step] = []
     for step in steps:
         if step.norm is not None:
             stages.append((current, step.norm))

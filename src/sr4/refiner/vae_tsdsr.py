@@ -18,6 +18,7 @@ TSD-SR's tiled output up to float rounding (tests/test_refiner_golden.py checks 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -78,8 +79,9 @@ class _TileAverage:
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         total = float(sum(n for n, _, _ in self.weighted))
-        mean = sum(m * (n / total) for n, m, _ in self.weighted)
-        var = sum(v * (n / total) for n, _, v in self.weighted)
+        # sum() from 0, tile after tile: the order the tiles' statistics are averaged in
+        mean = cast(torch.Tensor, sum(m * (n / total) for n, m, _ in self.weighted))
+        var = cast(torch.Tensor, sum(v * (n / total) for n, _, v in self.weighted))
         return mean[..., None], var[..., None]
 
 

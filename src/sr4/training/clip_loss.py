@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class CLIPPromptLoss(nn.Module):
+    text: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    vision: Any  # transformers' CLIP towers (an optional dependency)
+    projection: Any
+
     def __init__(self, path: str | Path, positive: str = "Good photo", negative: str = "Bad photo") -> None:
         super().__init__()
         require("train", "the CLIP loss")
@@ -43,7 +50,8 @@ class CLIPPromptLoss(nn.Module):
         self.register_buffer("text", text, persistent=False)  # (2, D): positive, negative
         self.vision = model.vision_model
         self.projection = model.visual_projection
-        self.image_size = int(model.config.vision_config.image_size)
+        vision_config: Any = model.config.vision_config
+        self.image_size = int(vision_config.image_size)
         mean, std = CLIP_MEAN, CLIP_STD
         pre = path / "preprocessor_config.json"
         if pre.is_file():

@@ -7,6 +7,8 @@ only the missing detail, instead of first having to learn to upscale at all.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -28,7 +30,7 @@ def bicubic_phase_weights(scale: int = 4) -> np.ndarray:
     return out
 
 
-def bicubic_path_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def bicubic_path_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """`model`'s state_dict with its linear path set to MATLAB bicubic upscaling (the default
     model's start weights): conv_first copies each colour's 3x3 neighbourhood into 9 channels, the
     pixelshuffledirect conv's 3x3 over those reaches LR offsets -2..2 (the bicubic support) and

@@ -63,12 +63,14 @@ class SRLoss(nn.Module):
             total = total + self.w_l1 * l1
             parts["l1"] = l1.detach()
         if self.w_lpips > 0:
+            assert self.lpips is not None  # checked in __init__
             lp = self.lpips(target.float(), gt.float()).mean()
             total = total + self.w_lpips * lp
             parts["lpips"] = lp.detach()
         if self.w_clip > 0:
             if refined is None:
                 raise ValueError("the CLIP term is defined on the refiner's output")
+            assert self.clip is not None  # checked in __init__
             lc, scores = self.clip(refined.float())
             total = total + self.w_clip * lc
             parts["clip"] = lc.detach()

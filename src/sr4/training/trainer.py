@@ -8,6 +8,7 @@ s continues exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -113,8 +114,10 @@ def build_refiner(cfg: TrainConfig, device: torch.device) -> nn.Module:
 
     r = cfg.refiner
     dtype = resolve_dtype(r.dtype, device) if device.type == "cuda" else torch.float32
-    tiles = {"latent_tile": r.tile, "latent_overlap": min(8, r.tile // 8)} if r.tile else {}
-    rcfg = RefinerConfig(vae_tiling=False, **tiles)  # patches are small: the VAE runs whole
+    rcfg = RefinerConfig(vae_tiling=False)  # patches are small: the VAE runs whole
+    if r.tile:
+        rcfg = dataclasses.replace(rcfg, latent_tile=r.tile, latent_overlap=min(8, r.tile // 8))
+    assert r.path is not None  # validate() requires it in through-refiner mode
     return TSDSRRefiner.from_model_dir(r.path, device=device, dtype=dtype, config=rcfg)
 
 
@@ -128,6 +131,7 @@ def build_loss(cfg: TrainConfig) -> SRLoss:
     if lo.clip > 0:
         from sr4.training.clip_loss import CLIPPromptLoss
 
+        assert lo.clip_path is not None  # validate() requires it when loss.clip > 0
         clip = CLIPPromptLoss(lo.clip_path, lo.clip_pos, lo.clip_neg)
     return SRLoss(lo.l1, lo.lpips, lo.clip, lpips, clip)
 
@@ -181,7 +185,7 @@ class Trainer:
         self.loss = build_loss(cfg).to(self.device)
         o = cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps,
                                            weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o, cfg.total_steps))
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay > 0 else None
@@ -270,6 +274,7 @@ class Trainer:
 
     def _refine(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         refiner = self.refiner
+        assert refiner is not None  # through-refiner mode
         amp = self.device.type == "cuda" and self.cfg.refiner.dtype != "fp32"
         dtype = resolve_dtype(self.cfg.refiner.dtype, self.device)
 

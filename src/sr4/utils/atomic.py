@@ -103,7 +103,7 @@ def sweep_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """
     removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     now = time.time()

@@ -176,7 +176,7 @@ def create_app(config: WebConfig, hosts: set[str] | None) -> tuple[Starlette, We
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return JSONResponse({"image": entry.id, "reference": list(entry.reference_size)})
+        return JSONResponse({"image": entry.id, "reference": list(entry.reference_size or ())})
 
     async def remove_image(request: Request) -> Response:
         await run_in_threadpool(state.remove_image, request.path_params["wid"], request.path_params["iid"])

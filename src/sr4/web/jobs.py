@@ -24,6 +24,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,7 +140,7 @@ class Scorer:
         self.weights_dir = weights_dir
         self.device = device
         self.cfg = EvalConfig(weights_dir=weights_dir, device=device)
-        self._learned = None
+        self._learned: Any = None  # sr4.metrics.learned.LearnedMetrics, built on first use
         self._lock = threading.Lock()
         self.unavailable = self._missing_files()
 
@@ -153,7 +154,7 @@ class Scorer:
                 missing[row.metric] = f"{row.name} is missing; put it in {row.looked_in[0].parent}"
         return missing
 
-    def _learned_metrics(self):
+    def _learned_metrics(self) -> Any:
         with self._lock:
             if self._learned is None:
                 from sr4.metrics.learned import LEARNED, build_learned
@@ -438,6 +439,8 @@ class WebState:
     def _rescore(self, job: Job) -> None:
         from sr4.image.io import read_image
 
+        if job.result is None:
+            raise NotFound("no result to score")
         entry, result = self.result(job.workspace, job.result)
         job.stage = "scoring"
         self._score(entry, result, read_image(result.path).pixels)
@@ -510,7 +513,7 @@ class WebState:
     def _describe_image(self, wid: str, e: ImageEntry) -> dict:
         base = f"/api/w/{wid}/images/{e.id}"
         ref = None
-        if e.reference is not None:
+        if e.reference is not None and e.reference_size is not None:
             ref = {"url": f"{base}/reference.png", "width": e.reference_size[0], "height": e.reference_size[1]}
         results = [{"id": r.id, "candidate": r.candidate.id, "label": r.candidate.label, "seed": r.seed,
                     "width": r.width, "height": r.height, "seconds": round(r.seconds, 3),

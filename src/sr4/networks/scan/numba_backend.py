@@ -95,7 +95,7 @@ class SelectiveScanNumba(torch.autograd.Function):
     """Autograd wrapper: forward and backward both run the numba kernels."""
 
     @staticmethod
-    def forward(ctx: Any, u, delta, A, B, C, D, delta_bias, delta_softplus):  # type: ignore[override]
+    def forward(ctx: Any, u, delta, A, B, C, D, delta_bias, delta_softplus):
         dtype = _compute_dtype(u.dtype)
         softplus = bool(delta_softplus)
         tensors, _ = _prepare(u, delta, A, B, C, D, delta_bias, softplus, dtype)
@@ -111,7 +111,7 @@ class SelectiveScanNumba(torch.autograd.Function):
         return y.to(u.dtype)
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, dy: torch.Tensor):
         u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
         dtype = _compute_dtype(u.dtype)
         tensors, x = _prepare(u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, dtype)

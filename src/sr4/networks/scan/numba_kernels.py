@@ -60,7 +60,7 @@ def fast_exp(z):  # pragma: no cover - replaced by the overload inside numba cod
     return np.exp(z)
 
 
-@overload(fast_exp, inline="always", fastmath=_FASTMATH)
+@overload(fast_exp, inline="always", fastmath=_FASTMATH)  # type: ignore[call-arg]
 def _fast_exp_overload(z):
     if z == types.float32:
 
