@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# SPEC §3 smallest configs that run. Two layers so that the context branch (ff_context) exists.
+# The smallest SD3 configs that still run every path (docs/method.md, "Stage M"). Two layers so that the context
+# branch (ff_context) exists.
 TINY_TRANSFORMER = dict(sample_size=8, patch_size=1, in_channels=16, out_channels=16, num_layers=2,
                         attention_head_dim=4, num_attention_heads=1, joint_attention_dim=8,
                         caption_projection_dim=4, pooled_projection_dim=8, pos_embed_max_size=16)
@@ -86,7 +87,7 @@ def random_lora(model: nn.Module, targets: list[str], rank: int, seed: int, std:
 
 def write_tiny_model_folder(root: Path, *, seed: int = 0, rank: int = 4, fp16_weights: bool = False,
                             with_upsampler: bool = True) -> Path:
-    """Write a SNUCV-layout folder (SPEC §4) with tiny random models; returns root."""
+    """Write a SNUCV-layout folder (docs/method.md, "Model folder") with tiny random models; returns root."""
     from safetensors.torch import save_file
 
     root = Path(root)

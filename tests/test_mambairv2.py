@@ -10,8 +10,8 @@ from sr4.networks.mambairv2_light import MambaIRv2Light
 
 REF = Path(__file__).parent / "data" / "mambairv2"
 CONFIGS = json.loads((REF / "configs.json").read_text())
-# Parameter counts published in SPEC §2 (x4 releases).
-SPEC_PARAMS = {"classicSR_Small_x4": 9_769_647, "classicSR_Base_x4": 23_050_713,
+# Parameter counts of the released x4 configurations (docs/method.md, "Stage U").
+RELEASED_PARAMS = {"classicSR_Small_x4": 9_769_647, "classicSR_Base_x4": 23_050_713,
                "classicSR_Large_x4": 34_238_235, "lightSR_x4": 789_680}
 
 TINY = dict(img_size=64, embed_dim=12, d_state=4, depths=[2, 1], num_heads=[2, 3], window_size=8, inner_rank=4,
@@ -41,8 +41,8 @@ def test_state_dict_matches_official_key_list(name):
     assert ours == rows  # same keys, same order, same shapes, same dtypes
     assert len(ours) == CONFIGS[name]["state_dict_entries"]
     assert sum(p.numel() for p in model.parameters()) == CONFIGS[name]["parameters"]
-    if name in SPEC_PARAMS:
-        assert CONFIGS[name]["parameters"] == SPEC_PARAMS[name]
+    if name in RELEASED_PARAMS:
+        assert CONFIGS[name]["parameters"] == RELEASED_PARAMS[name]
 
 
 def test_relative_position_index_buffer_values():

@@ -1,4 +1,5 @@
-"""The challenge score against the published perceptual-track table (SPEC section 5)."""
+"""The challenge score against the published perceptual-track table (NTIRE 2025 x4 report, arXiv:2504.14582;
+docs/method.md, "Challenge harness, metrics and score")."""
 
 import pytest
 

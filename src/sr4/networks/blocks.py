@@ -2,7 +2,7 @@
 
 Module and attribute names follow the official implementation (csguoh/MambaIR) so that
 ``state_dict`` keys, shapes and their order are identical and released checkpoints load strictly.
-The forward maths reproduces the official code, including its quirks (see SPEC §2):
+The forward maths reproduces the official code, including its quirks (docs/method.md, "Stage U"):
 
 * the Gumbel routing noise is drawn at inference too, one ``exponential_`` per ASSM call, in layer
   order, from the global RNG unless a ``torch.Generator`` is given;

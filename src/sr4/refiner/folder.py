@@ -1,4 +1,5 @@
-"""Validation of a TSD-SR / SNUCV model folder (SPEC §4 layout) before anything heavy is loaded.
+"""Validation of a TSD-SR / SNUCV model folder (SNUCV's model_zoo/team04_SNUCV layout; docs/method.md, "Model
+folder") before anything heavy is loaded.
 
 Every missing file is reported in one error, with what the file is, so a user fixing a half-copied
 download sees the whole list at once instead of one failure per run.

@@ -18,7 +18,8 @@ from torch import nn
 from sr4.checkpoints import load_object
 from sr4.errors import CheckpointError, LoraError
 
-# SPEC §3: the transformer's peft targets (suffix match, so "proj" also hits pos_embed.proj and ff.*.proj).
+# TSD-SR's peft targets for the transformer (Microtreei/TSD-SR, test/test_tsdsr.py; docs/method.md, "Stage M"):
+# a suffix match, so "proj" also hits pos_embed.proj and ff.*.proj.
 TRANSFORMER_TARGETS: tuple[str, ...] = (
     "to_k", "to_q", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "proj", "linear", "proj_out",
 )
