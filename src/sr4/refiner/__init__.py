@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from sr4.utils.lazy import lazy_attributes
 
 _LAZY = {
     "TSDSRRefiner": "sr4.refiner.tsdsr",
@@ -16,8 +15,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sr4.refiner' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

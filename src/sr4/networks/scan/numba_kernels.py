@@ -1,4 +1,4 @@
-"""numba kernels of the CPU selective scan (imported only by `scan_numba` on first use).
+"""numba kernels of the CPU selective scan (imported only by `numba_backend` on first use).
 
 Each kernel is serial, releases the GIL (`nogil`) and works on a range of channels, so the caller
 runs one range per thread. Serial kernels compile several times faster than `parallel=True` ones,
