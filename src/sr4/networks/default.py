@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
+from sr4.networks.loading import CheckpointError
 
-from sr4.networks.loading import CheckpointError, load_upsampler
+if TYPE_CHECKING:  # imported where used, so `sr4 info` can describe the bundled model without torch
+    import numpy as np
+    import torch
+    from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -85,6 +87,8 @@ def default_weights_path(verify: bool = True) -> Path:
 
 def load_default_upsampler(device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """The bundled default upsampler, checked and loaded in eval mode on `device`."""
+    from sr4.networks.loading import load_upsampler
+
     return load_upsampler(default_weights_path(verify=True), device=device, dtype=dtype)
 
 
@@ -92,6 +96,8 @@ def load_default_upsampler(device: str | torch.device = "cpu", dtype: torch.dtyp
 
 def bicubic_phase_weights(scale: int = 4) -> np.ndarray:
     """(scale, 5): MATLAB bicubic weights of the LR offsets -2..2 for each HR sub-pixel phase."""
+    import numpy as np
+
     from sr4.image.resize import contributions
 
     n, p = 32, 16  # an interior LR pixel, away from the mirrored border
@@ -111,6 +117,8 @@ def bicubic_path_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     at first: the network starts as bicubic (exact away from the image border) and learns the
     missing detail, instead of first having to learn to upscale at all.
     """
+    import torch
+
     scale, dim = int(model.upscale), int(model.embed_dim)
     if getattr(model, "upsampler", "") != "pixelshuffledirect" or dim < 27 or model.in_chans != 3:
         raise ValueError("the bicubic path needs an RGB pixelshuffledirect network with embed_dim >= 27")

@@ -20,10 +20,11 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:  # torch is imported where tensors are made, so `sr4 info` on the bundled model stays torch-free
+    import torch
+    import torch.nn as nn
 
 ARCHS = ("MambaIRv2", "MambaIRv2Light")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
@@ -45,6 +46,12 @@ class UpsamplerConfig:
     @property
     def scale(self) -> int:
         return int(self.kwargs.get("upscale", 1)) if self.kwargs.get("upsampler", "") else 1
+
+    @property
+    def min_size(self) -> int:
+        """Smallest input side the network accepts: flip padding at most doubles a side, so each side must
+        cover half a window (the rule of `MambaIRv2Base.min_size`; tests compare the two)."""
+        return (int(self.kwargs.get("window_size", 16)) + 1) // 2
 
     def build(self) -> nn.Module:
         if self.arch == "MambaIRv2":
@@ -83,6 +90,8 @@ def _load_raw(path: Path) -> Any:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+    import torch
+
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -95,6 +104,8 @@ def _load_raw(path: Path) -> Any:
 
 
 def _is_state_dict(obj: Any) -> bool:
+    import torch
+
     return isinstance(obj, dict) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     )
@@ -106,6 +117,8 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     ``key`` picks a wrapper entry explicitly (e.g. ``"params"``); by default the first of
     ``params_ema, params, state_dict, model, net`` that holds tensors is used.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -249,9 +262,11 @@ def _mismatch_report(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
 
 def build_and_load(config: UpsamplerConfig, sd: dict[str, torch.Tensor], name: str = "checkpoint") -> nn.Module:
     """Build ``config`` and load ``sd`` strictly; any mismatch raises :class:`CheckpointError`."""
+    # Built on the CPU, not under torch.device("meta"): meta tensor ops run through torch's Python references,
+    # whose first call imports torch._dynamo (1-3 s on a 2-core CPU, more than building the largest MambaIRv2).
+    # The random initial values are then replaced by the checkpoint's tensors (assign=True, no copy).
     try:
-        with torch.device("meta"):
-            model = config.build()
+        model = config.build()
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{name}: cannot build {config.arch}({config.kwargs}): {exc}") from exc
     report = _mismatch_report(model, sd)
@@ -267,6 +282,8 @@ def load_upsampler(path: str | Path, device: str | torch.device = "cpu", dtype: 
 
     ``dtype`` None means float32 (whatever precision the file stores); ``key`` as in :func:`read_state_dict`.
     """
+    import torch
+
     path = Path(path)
     sd = read_state_dict(path, key=key)
     config = detect_upsampler(sd, name=str(path))
