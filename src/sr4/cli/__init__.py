@@ -16,6 +16,15 @@ COMMANDS = {
 }
 
 
+def _threads_arg(text: str) -> int:
+    from sr4.utils.threads import parse_threads
+
+    try:
+        return parse_threads(text, "--threads")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sr4 import __version__
 
@@ -25,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        p.add_argument("--threads", type=_threads_arg, metavar="N",
+                       help="CPU threads for torch (default: $SR4_THREADS, else $OMP_NUM_THREADS, else one per core)")
         try:
             import_module(module).add_parser(p)
         except ModuleNotFoundError as exc:
@@ -42,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "_missing", False):
         print(f"sr4 {args.command}: not available in this build", file=sys.stderr)
+        return 2
+    from sr4.utils.threads import apply_thread_policy
+
+    try:  # before any command imports torch: OpenMP reads its settings once
+        apply_thread_policy(args.threads)
+    except ValueError as exc:
+        print(f"sr4 {args.command}: {exc}", file=sys.stderr)
         return 2
     return int(import_module(args._module).run(args) or 0)
 
