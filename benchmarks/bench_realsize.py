@@ -68,12 +68,13 @@ def _machine() -> str:
 # ----------------------------------------------------------------------------- children
 
 
-def _make_folder(work: Path, layers: int, u_depths: list[int] | None) -> dict:
+def _make_folder(work: Path, layers: int, u_depths: list[int] | None, vae_channels: list[int] | None) -> dict:
     import realsize
 
     start = time.perf_counter()
     transformer = dict(realsize.SD3_MEDIUM_TRANSFORMER, num_layers=layers)
-    folder = realsize.write_model_folder(work / "model", transformer=transformer,
+    vae = dict(realsize.SD3_MEDIUM_VAE, block_out_channels=vae_channels) if vae_channels else None
+    folder = realsize.write_model_folder(work / "model", transformer=transformer, vae=vae,
                                          mamba=realsize.mambairv2_config(depths=u_depths))
     return {"folder": str(folder), "seconds": time.perf_counter() - start}
 
@@ -131,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--official-sizes", default="512", help="sizes the official code runs at (default 512)")
     p.add_argument("--transformer-layers", type=int, default=24, help="SD3 blocks (default 24; fewer for a trial)")
     p.add_argument("--u-depths", help="MambaIRv2-B stage depths, e.g. 1 for a trial (default 6,6,6,6,6,6)")
+    p.add_argument("--vae-channels", help="VAE block widths (default 128,256,512,512)")
+    p.add_argument("--folder-only", action="store_true", help="write the model folder and stop (for bench_pipeline.py)")
     p.add_argument("--child", choices=["folder", "sr4", "official"], help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     u_depths = [int(d) for d in args.u_depths.split(",")] if args.u_depths else None
+    vae_channels = [int(c) for c in args.vae_channels.split(",")] if args.vae_channels else None
     if args.child == "folder":
-        print(json.dumps(_make_folder(args.work, args.transformer_layers, u_depths)))
+        print(json.dumps(_make_folder(args.work, args.transformer_layers, u_depths, vae_channels)))
         return 0
     if args.child == "sr4":
         print(json.dumps(_sr4_child(args.work, sizes)))
@@ -153,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}, python {' '.join(sys.argv)}")
     print(f"machine: {_machine()}")
     made = _run_child(["--child", "folder", "--work", str(args.work), "--transformer-layers",
-                       str(args.transformer_layers)] + (["--u-depths", args.u_depths] if args.u_depths else []))
+                       str(args.transformer_layers)] + (["--u-depths", args.u_depths] if args.u_depths else [])
+                      + (["--vae-channels", args.vae_channels] if args.vae_channels else []))
     print(f"model folder {made['folder']} ready ({made['seconds']:.0f} s): MambaIRv2-B x4 (depths "
           f"{args.u_depths or '6,6,6,6,6,6'}), SD3-medium transformer ({args.transformer_layers} of 24 blocks) "
-          f"and VAE, TSD-SR LoRA rank 64, {realsize.PROMPT_TOKENS} prompt tokens; random weights")
+          f"and VAE (widths {args.vae_channels or '128,256,512,512'}), TSD-SR LoRA rank 64, {realsize.PROMPT_TOKENS} "
+          "prompt tokens; random weights")
+    if args.folder_only:
+        return 0
     for size in sizes:
         lr = realsize.smooth_image(size // 4, size // 4, seed=size)
         (args.work / f"in_{size}").mkdir(parents=True, exist_ok=True)

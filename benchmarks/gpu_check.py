@@ -252,8 +252,9 @@ def check_tiling_bounds(device: torch.device, sizes: Sizes, work: Path) -> list[
     from sr4.refiner.tsdsr import RefinerConfig, TSDSRRefiner
 
     folder = _golden_folder(work)
-    config = RefinerConfig(latent_tile=16, latent_overlap=4, vae_tiling=True, vae_encoder_tile=64,
-                           vae_decoder_tile=8)
+    # about 4x4 tiles at the smaller size, 8x8 at the larger
+    config = RefinerConfig(latent_tile=sizes.bound_latent[0] // 4, latent_overlap=4, vae_tiling=True,
+                           vae_decoder_tile=sizes.bound_pixels[0] // 32)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     model = TSDSRRefiner.from_model_dir(folder, device=device, dtype=dtype, config=config)
     rows = []

@@ -10,8 +10,9 @@
 - `StageMeter`: times sr4's pipeline stages (U, VAE encode, M on latent tiles, VAE decode) inside one normal
   pipeline call, by wrapping the stage methods of that one pipeline object.
 - `run_official_snucv`: SNUCV's own inference code (dhryougit/NTIRE2025_SR_SNUCV, a checkout given at run time) on
-  the same folder and images, in a subprocess, through tools/make_refiner_golden.py's driver, with sr4's selective
-  scan standing in for mamba_ssm's CUDA kernel (same recurrence; the step loop would take hours at real size).
+  the same folder and images, in a subprocess, through tools/make_refiner_golden.py's driver; mamba_ssm's kernel
+  when it imports, else sr4's selective scan stands in for it (same recurrence; the reference step loop would
+  take hours at real size).
 """
 
 from __future__ import annotations
@@ -172,12 +173,28 @@ class StageMeter:
 
 def sr4_scan_for_official(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False):
-    """mamba_ssm's `selective_scan_fn` signature on sr4's scan (MambaIRv2 uses neither z nor the last state)."""
+    """mamba_ssm's `selective_scan_fn` signature on sr4's scan (MambaIRv2 uses neither z nor the last state).
+
+    The backend is named (numba on the CPU, chunked on CUDA): inside the official process `mamba_ssm` is this
+    stand-in, so sr4's "auto" must not go looking for it."""
     from sr4.networks.selective_scan import selective_scan
 
     if z is not None or return_last_state:
         raise NotImplementedError("the stand-in covers what MambaIRv2 calls: no z, no last state")
-    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    backend = "numba" if u.device.type == "cpu" else "chunked"
+    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=backend)
+
+
+def _official_scan(device: str):
+    """mamba_ssm's own kernel when it imports (CUDA), else sr4's scan."""
+    if device != "cpu":
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+            return selective_scan_fn
+        except ImportError:
+            pass
+    return sr4_scan_for_official
 
 
 def run_official_snucv(repo: Path, model: Path, inputs: Path, outputs: Path, *, seed: int, device: str,
@@ -203,7 +220,7 @@ def _official_child(argv: list[str]) -> None:
     repo, model, inputs, outputs, seed, device, precision, deps, mamba = argv
     seconds = drive(Path(repo), Path(model), Path(inputs), Path(outputs), int(seed), deps or None,
                     mamba=json.loads(mamba),
-                    scan=sr4_scan_for_official, device=device, fp32=precision == "fp32")
+                    scan=_official_scan(device), device=device, fp32=precision == "fp32")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak}))
 
