@@ -12,6 +12,7 @@ _LAZY = {
     "read_state_dict": "sr4.networks.loading",
     "detect_upsampler": "sr4.networks.loading",
     "load_upsampler": "sr4.networks.loading",
+    "build_and_load": "sr4.networks.loading",
     "CheckpointError": "sr4.networks.loading",
     "UpsamplerConfig": "sr4.networks.loading",
 }
