@@ -36,8 +36,9 @@ from spandrel_fixtures import (  # noqa: E402
 )
 
 import sr4  # noqa: E402
+from sr4.errors import CheckpointError  # noqa: E402
 from sr4.integrations.spandrel import install  # noqa: E402
-from sr4.networks import CheckpointError, load_upsampler  # noqa: E402
+from sr4.models.loading import load_upsampler  # noqa: E402
 
 OURS = ("MambaIRv2", "MambaIRv2Light")
 
@@ -243,7 +244,7 @@ def test_bfloat16_stays_close_to_float32_with_trained_weights(registry):
     photo when measured (torch 2.14.1); random weights say nothing about precision, trained ones do."""
     from PIL import Image
 
-    from sr4.networks.default import DEFAULT_MODEL
+    from sr4.models.bundled import DEFAULT_MODEL
 
     pixels = np.asarray(Image.open(Path(__file__).parent / "data" / "default_model" / "picosdeeuropa_912_912.png")
                         .convert("RGB"))

@@ -13,7 +13,7 @@ head, the released ones and SNUCV's ``mamba_trained.pth`` among them).
 other model is unchanged (MambaIRv2's keys match no other architecture's detection, and its detection needs the
 selective-scan parameters that only MambaIR has). It works with or without ``spandrel_extra_arches``, in either
 order. Detection reads every hyperparameter from the key shapes with sr4's own detection
-(:func:`sr4.networks.detect_upsampler`), and the network is sr4's MambaIRv2 (same state dict and maths as
+(``sr4.models.mambairv2``), and the network is sr4's MambaIRv2 (same state dict and maths as
 csguoh/MambaIR ``mambairv2_arch.MambaIRv2`` and ``mambairv2light_arch.MambaIRv2Light``), so neither CUDA nor
 mamba_ssm is needed: the selective scan runs with numba on the CPU and with mamba_ssm's kernel, or a chunked
 PyTorch scan, on CUDA.
@@ -47,7 +47,7 @@ except ImportError as exc:  # the module is useless without spandrel: say which 
 
 import torch
 
-from sr4.networks import MambaIRv2, MambaIRv2Light, build_and_load, detect_upsampler
+from sr4.models.mambairv2 import MAMBAIRV2, MAMBAIRV2_LIGHT
 
 _LAYER0 = "layers.0.residual_group.layers.0."
 # Keys every MambaIRv2 state dict has, whatever the size, scale or head (see tests/data/mambairv2/*.keys.tsv).
@@ -69,41 +69,39 @@ class MambaIRv2Arch(Architecture[torch.nn.Module]):
     """One MambaIRv2 variant (classic or light) for spandrel: detection by keys, hyperparameters by shapes."""
 
     def __init__(self, light: bool) -> None:
-        self._cls = MambaIRv2Light if light else MambaIRv2
+        self._sr4 = MAMBAIRV2_LIGHT if light else MAMBAIRV2
         ffn, other = (_LIGHT_FFN, _CLASSIC_FFN) if light else (_CLASSIC_FFN, _LIGHT_FFN)
         has_ffn = KeyCondition.has_all(*_COMMON, ffn)
         super().__init__(
-            id=self._cls.__name__,
+            id=self._sr4.id,
             name="MambaIRv2-Light" if light else "MambaIRv2",
             detect=lambda sd: has_ffn(sd) and other not in sd,
         )
 
     def load(self, state_dict: StateDict) -> ImageModelDescriptor[Any]:
-        config = detect_upsampler(state_dict, name=f"{self.name} state dict")
-        if config.arch != self.id:
-            raise ValueError(f"{self.name}: the state dict is a {config.arch} one")
         # A float32 copy: the network must own its weights (the caller's state dict stays untouched and two
         # descriptors loaded from one state dict stay independent) and be float32 like every spandrel model.
         owned = {k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True)
                  for k, v in state_dict.items()}
-        model = build_and_load(config, owned, name=f"{self.name} state dict").eval()
-        kwargs = config.kwargs
+        # sr4's own detection, hyperparameters and strict loading (CheckpointError naming what does not fit)
+        loaded = self._sr4.load(owned, name=f"{self.name} state dict")
+        model, kwargs, scale = loaded.model.eval(), loaded.hyperparameters, loaded.scale
         return ImageModelDescriptor(
             model,
             owned,
             architecture=self,
-            purpose="SR" if config.scale > 1 else "Restoration",
+            purpose=loaded.purpose,
             tags=[f"{kwargs['embed_dim']}dim", f"w{kwargs['window_size']}", kwargs["upsampler"] or "same-size"],
             # sr4 runs MambaIRv2 in float16 only with a float32 retry of the tiles that overflow; a spandrel host
             # has no such retry, so float16 is not offered (spandrel's window transformers, SwinIR and HAT, do
             # not offer it either). bfloat16 has float32's range and the selective scan computes in float32.
             supports_half=False,
             supports_bfloat16=True,
-            scale=config.scale,
+            scale=scale,
             input_channels=kwargs["in_chans"],
             output_channels=kwargs["in_chans"],
             # The network mirror-pads to a window multiple itself (as the official code): only a minimum.
-            size_requirements=SizeRequirements(minimum=model.min_size),
+            size_requirements=SizeRequirements(minimum=loaded.size_requirements.minimum),
             tiling=ModelTiling.SUPPORTED,
         )
 
