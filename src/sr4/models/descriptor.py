@@ -16,8 +16,9 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-#: what a model is for (spandrel's names): "SR" upscales, "Restoration" keeps the size (denoise, JPEG).
-Purpose = Literal["SR", "Restoration"]
+#: what a model is for (spandrel's names): "SR" upscales, "Restoration" keeps the size (denoise, JPEG), "FaceSR"
+#: restores faces (GFPGAN, RestoreFormer through spandrel).
+Purpose = Literal["SR", "Restoration", "FaceSR"]
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 NoiseDraws = Callable[[int, int, int], list[int]]
 

@@ -8,7 +8,7 @@ outer product of two 1-D sums, so normalising needs no 2-D weight map: the only 
 buffer is the output itself (kept on the CPU, so device memory depends on the tile only).
 
 Tiles smaller than the network's `min_size` (small images, 1x1 included) are padded by
-reflection (replication when the tile is too small to reflect) and cropped back.
+reflection (replication beyond what the tile can reflect) and cropped back.
 
 `tile="auto"` runs one pass whenever the whole image fits in free memory (psutil or /proc/meminfo on
 CPU, `torch.cuda.mem_get_info` on CUDA), as the official code does, else picks a power-of-two tile
@@ -93,9 +93,12 @@ def pad_forward(forward: TileForward, x: torch.Tensor, scale: int, min_size: int
     ph, pw = need_h - h, need_w - w
     if ph == 0 and pw == 0:
         return forward(x)
-    # Reflection keeps local statistics; it needs the pad smaller than the side, else replicate.
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    padded = F.pad(x, (0, pw, 0, ph), mode=mode)
+    # Reflection keeps local statistics; it reaches side - 1 pixels, the rest is replicated (spandrel's rule too,
+    # so a model run through spandrel sees the same padded image as spandrel's own call gives it).
+    rh, rw = min(ph, h - 1), min(pw, w - 1)
+    padded = F.pad(x, (0, rw, 0, rh), mode="reflect") if rh or rw else x
+    if ph > rh or pw > rw:
+        padded = F.pad(padded, (0, pw - rw, 0, ph - rh), mode="replicate")
     return forward(padded)[..., : h * scale, : w * scale]
 
 
