@@ -11,8 +11,8 @@ import sys
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="upsampler checkpoint (.safetensors, .pth or .pt); "
-                   "default: sr4's bundled default model")
+    p.add_argument("model", nargs="?", help="upsampler checkpoint (.safetensors, .pth or .pt; MambaIRv2, or with "
+                   "sr4[spandrel] any architecture spandrel loads); default: sr4's bundled default model")
     p.add_argument("--key", default=None, help="wrapper entry to read (default: params_ema, then params, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
@@ -37,12 +37,16 @@ def run(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in model.model.parameters())
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in sd.values() if v.is_floating_point()})
     hyperparameters = dict(model.hyperparameters)
-    info = {"file": str(args.model), "arch": model.arch.id, "scale": model.scale, "parameters": params,
-            "stored_dtypes": dtypes, "min_size": model.size_requirements.minimum, "hyperparameters": hyperparameters}
+    req = model.size_requirements
+    runs_in = [str(d).removeprefix("torch.") for d in model.supported_dtypes]
+    info = {"file": str(args.model), "arch": model.arch.id, "arch_name": model.arch.name, "scale": model.scale,
+            "purpose": model.purpose, "parameters": params, "stored_dtypes": dtypes, "runs_in": runs_in,
+            "min_size": req.minimum, "multiple_of": req.multiple_of, "square": req.square,
+            "tiling": model.tiling.value, "hyperparameters": hyperparameters}
     if bundled is not None:
         info["bundled"] = bundled
     if args.json:
-        print(json.dumps(info))
+        print(json.dumps(info, default=str))  # hyperparameters of foreign models may hold tuples, enums, ...
         return 0
     if bundled is not None:
         print(f"bundled model: {bundled['name']} (sr4's default)")
@@ -51,12 +55,18 @@ def run(args: argparse.Namespace) -> int:
         if bundled["evaluation"]:
             print(f"evaluation:    {bundled['evaluation']}")
     print(f"file:          {info['file']}")
-    print(f"architecture:  {model.arch.id}")
-    print(f"scale:         x{model.scale}")
+    print(f"architecture:  {model.arch.id}" + (f" ({model.arch.name})" if model.arch.name != model.arch.id else ""))
+    print(f"scale:         x{model.scale} ({model.purpose})")
     print(f"parameters:    {params:,}")
     print(f"stored dtype:  {', '.join(dtypes)}")
-    print(f"min input:     {model.size_requirements.minimum} px per side")
-    print("hyperparameters (img_range cannot be read from a checkpoint; 1.0 assumed):")
+    print(f"runs in:       {', '.join(runs_in)}")
+    shape = [f"multiple of {req.multiple_of}"] if req.multiple_of > 1 else []
+    shape += ["square"] if req.square else []
+    print(f"min input:     {req.minimum} px per side" + (f" ({', '.join(shape)}; sr4 pads)" if shape else ""))
+    print(f"tiling:        {model.tiling.value}")
+    sr4_own = "loaded_by" not in hyperparameters  # a foreign loader states img_range itself
+    note = " (img_range cannot be read from a checkpoint; 1.0 assumed)" if sr4_own else ""
+    print(f"hyperparameters{note}:")
     for key, value in hyperparameters.items():
         print(f"  {key}: {value}")
     return 0

@@ -79,7 +79,7 @@ def describe_spandrel(descriptor: Any, net: SpandrelNet | None = None) -> ModelD
     module = net if net is not None else SpandrelNet(descriptor)
     hyperparameters = dict(getattr(descriptor.model, "hyperparameters", {}) or {})
     return ModelDescriptor(
-        model=module, arch=ArchId(str(arch.id), f"{arch.name} (spandrel {spandrel.__version__})"),
+        model=module, arch=ArchId(str(arch.id), str(arch.name)),
         scale=int(descriptor.scale),
         size_requirements=SizeRequirements(minimum=max(1, int(req.minimum)), multiple_of=int(req.multiple_of),
                                            square=bool(req.square)),
@@ -87,7 +87,8 @@ def describe_spandrel(descriptor: Any, net: SpandrelNet | None = None) -> ModelD
         tiling=_TILING.get(descriptor.tiling.name, ModelTiling.SUPPORTED),
         input_channels=3 if descriptor.input_channels == 1 else int(descriptor.input_channels),
         output_channels=3 if descriptor.output_channels == 1 else int(descriptor.output_channels),
-        hyperparameters={"spandrel_architecture": str(arch.id), "tags": list(descriptor.tags), **hyperparameters},
+        hyperparameters={"loaded_by": f"spandrel {spandrel.__version__}", "tags": list(descriptor.tags),
+                         **hyperparameters},
         label=f"the {arch.name} model")
 
 
