@@ -96,16 +96,17 @@ def esrgan_state_dict(scale: int = 4, num_feat: int = 16, num_block: int = 2, se
     return _fill(spec, seed)
 
 
-def compact_state_dict(scale: int = 4, num_feat: int = 16, num_conv: int = 4, seed: int = 0
+def compact_state_dict(scale: int = 4, num_feat: int = 16, num_conv: int = 4, seed: int = 0, channels: int = 3
                        ) -> dict[str, torch.Tensor]:
-    """SRVGGNetCompact with PReLU activations; any ``scale`` (the last conv has 3 * scale^2 outputs)."""
+    """SRVGGNetCompact with PReLU activations; any ``scale`` (the last conv has channels * scale^2 outputs);
+    ``channels`` 1 for a grayscale model."""
     spec: dict[str, tuple[tuple[int, ...], str]] = {}
-    _conv(spec, "body.0", num_feat, 3)
+    _conv(spec, "body.0", num_feat, channels)
     spec["body.1.weight"] = ((num_feat,), "slope")
     for i in range(num_conv):
         _conv(spec, f"body.{2 + 2 * i}", num_feat, num_feat)
         spec[f"body.{3 + 2 * i}.weight"] = ((num_feat,), "slope")
-    _conv(spec, f"body.{2 + 2 * num_conv}", 3 * scale**2, num_feat)
+    _conv(spec, f"body.{2 + 2 * num_conv}", channels * scale**2, num_feat)
     return _fill(spec, seed)
 
 

@@ -66,6 +66,19 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
+def tile_spans(length: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
+    """(start, stop) of the tiles along an axis: `tile_starts`, with every start a multiple of `align` (a model's
+    `multiple_of`: a pixel-unshuffle input, a window grid), so each tile sees the image on the same grid as one pass
+    does. An aligned start moves back by less than `align`, so the spans are planned with that much more overlap;
+    the last span runs to the end (up to `align` - 1 pixels longer than `tile`)."""
+    if align <= 1 or length <= tile:
+        return [(s, min(s + tile, length)) for s in tile_starts(length, tile, overlap)]
+    starts = [s - s % align for s in tile_starts(length, tile, overlap + align - 1)]
+    spans = [(s, min(s + tile, length)) for s in starts]
+    spans[-1] = (starts[-1], length)
+    return spans
+
+
 def ramp_weights(start: int, stop: int, length: int, ramp: int) -> torch.Tensor:
     """1-D blending weight of the output span [start, stop) of an axis of `length` output pixels.
 
@@ -119,8 +132,7 @@ def tiled_upscale(forward: TileForward, x: torch.Tensor, *, scale: int, tile: in
         return out.to(x.device)
     tile = max(int(tile), min_size)
     overlap = max(0, min(int(overlap), tile // 2))
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    th, tw = min(tile, h), min(tile, w)
+    ys, xs = tile_spans(h, tile, overlap, multiple_of), tile_spans(w, tile, overlap, multiple_of)
     out = torch.zeros(1, c, h * scale, w * scale, dtype=torch.float32, device=x.device)
     wy_sum = torch.zeros(h * scale)
     wx_sum = torch.zeros(w * scale)
@@ -128,16 +140,16 @@ def tiled_upscale(forward: TileForward, x: torch.Tensor, *, scale: int, tile: in
     total, done = len(ys) * len(xs), 0
     if progress:
         progress(0, total)
-    for iy, y0 in enumerate(ys):
-        oy0, oy1 = y0 * scale, (y0 + th) * scale
+    for iy, (y0, y1) in enumerate(ys):
+        oy0, oy1 = y0 * scale, y1 * scale
         wy = ramp_weights(oy0, oy1, h * scale, ramp)
         wy_sum[oy0:oy1] += wy
-        for x0 in xs:
-            ox0, ox1 = x0 * scale, (x0 + tw) * scale
+        for x0, x1 in xs:
+            ox0, ox1 = x0 * scale, x1 * scale
             wx = ramp_weights(ox0, ox1, w * scale, ramp)
             if iy == 0:
                 wx_sum[ox0:ox1] += wx
-            piece = pad_forward(forward, x[:, :, y0:y0 + th, x0:x0 + tw], scale, min_size, multiple_of)
+            piece = pad_forward(forward, x[:, :, y0:y1, x0:x1], scale, min_size, multiple_of)
             piece = piece.float().to(out.device)
             weight = (wy.view(-1, 1) * wx.view(1, -1)).to(out.device)
             out[:, :, oy0:oy1, ox0:ox1].addcmul_(piece, weight)
