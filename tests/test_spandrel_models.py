@@ -257,7 +257,7 @@ def test_eval_lr_dir_scores_a_foreign_model(models, tmp_path):
     assert main(["eval", str(sr), str(hr), "--lr-dir", str(lr), "--model", str(models["esrgan_x4"]), "-o", str(ev),
                  "--metrics", "psnr", "--no-report", "--quiet", "--device", "cpu"]) == 0
     summary = json.loads((ev / "summary.json").read_text())
-    assert summary["model"] == str(models["esrgan_x4"])
+    assert summary["upscaled"]["model"] == str(models["esrgan_x4"])
     rows = (ev / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + two images
     # the scored images are sr4 upscale's (spandrel's forward): one checked against spandrel directly
