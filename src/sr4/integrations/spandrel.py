@@ -42,8 +42,10 @@ try:
     )
     from spandrel.util import KeyCondition
 except ImportError as exc:  # the module is useless without spandrel: say which extra brings it
+    from sr4.optional import install_hint
+
     raise ImportError(f"sr4.integrations.spandrel needs spandrel ({exc.name or exc} is not importable): "
-                      'pip install "sr4[spandrel]"', name=exc.name) from exc
+                      f"{install_hint('spandrel')}", name=exc.name) from exc
 
 import torch
 
