@@ -37,7 +37,7 @@ def import_spandrel() -> ModuleType | None:
         import spandrel
     except ImportError:
         return None
-    return spandrel
+    return cast(ModuleType, spandrel)
 
 
 class SpandrelNet(nn.Module):

@@ -73,7 +73,6 @@ def build_processor(pipeline: str, model: str | None, model_dir: str | None, opt
         upsampler_tile=options.tile, upsampler_tile_overlap=options.tile_overlap,
         vae_encoder_tile=options.vae_encoder_tile, vae_decoder_tile=options.vae_decoder_tile,
         latent_tile=options.latent_tile, latent_overlap=options.latent_overlap, process_size=options.process_size,
-        upscale=options.upscale, seed_stream=options.seed_stream,
-        **({"upsampler": model} if model is not None else {}))
+        upscale=options.upscale, seed_stream=options.seed_stream, upsampler=model)
     processor.alpha_upsampler = options.alpha  # an ImageProcessor rule, the same for every pipeline
     return processor
