@@ -138,9 +138,10 @@ class SpandrelArchitecture(Architecture):
         try:
             loaded = arch.load(sd)
         except (KeyError, IndexError, ValueError, RuntimeError, AssertionError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{name}: spandrel detected a {arch.name} checkpoint but cannot load it "
-                                  f"({type(exc).__name__}: {first[:300]})") from exc
+            text = " ".join(str(exc).split()) or "no message"  # torch's key report spans lines: one line here
+            shown = text if len(text) <= 400 else text[:400] + " ..."
+            raise CheckpointError(f"{name}: spandrel recognises a {arch.name} checkpoint but cannot load it "
+                                  f"({type(exc).__name__}: {shown})") from exc
         import spandrel
 
         if not isinstance(loaded, spandrel.ImageModelDescriptor):
