@@ -49,7 +49,8 @@ def _tiny_dir() -> Path:
     return d
 
 
-def measure(stage: str, out_mp: float, model_dir: Path, device: torch.device, tiny: bool) -> dict:
+def measure(stage: str, out_mp: float, model_dir: Path, device: torch.device, tiny: bool,
+            vae_tiles: tuple[int | None, int | None] = (None, None)) -> dict:
     """Run one stage once at an output of about `out_mp` megapixels; returns time and memory."""
     from sr4.refiner.tsdsr import RefinerConfig, TSDSRRefiner
 
@@ -62,6 +63,10 @@ def measure(stage: str, out_mp: float, model_dir: Path, device: torch.device, ti
                         vae_encoder_tile=192 if tiny else 1024, vae_encoder_halo=32,
                         vae_decoder_tile=48 if tiny else 224, vae_decoder_halo=8 if tiny else 11,
                         vae_tile_stats="exact" if stage == "vae-exact" else "fast")
+    if vae_tiles[0]:
+        cfg.vae_encoder_tile = vae_tiles[0]
+    if vae_tiles[1]:
+        cfg.vae_decoder_tile = vae_tiles[1]
     io_bytes = 0
     with torch.no_grad():
         if stage == "u":
@@ -115,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default="u,m,vae", help="stages to measure: u, m, vae, vae-exact (default u,m,vae)")
     p.add_argument("--model-dir", type=Path, help="real SNUCV model folder (default: tiny random models)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--vae-encoder-tile", type=int, help="VAE encoder tile in pixels, halo excluded (default: TSD-SR's "
+                   "1024 for a model folder, 192 for the tiny models)")
+    p.add_argument("--vae-decoder-tile", type=int, help="VAE decoder tile in latents, halo excluded (default 224 / 48)")
     p.add_argument("--worker", nargs=2, metavar=("STAGE", "MP"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     tiny = args.model_dir is None
     model_dir = _tiny_dir() if tiny else args.model_dir
+    vae_tiles = (args.vae_encoder_tile, args.vae_decoder_tile)
     if args.worker:
-        print(json.dumps(measure(args.worker[0], float(args.worker[1]), model_dir, device, tiny)))
+        print(json.dumps(measure(args.worker[0], float(args.worker[1]), model_dir, device, tiny, vae_tiles)))
         return 0
     sizes = [float(s) for s in args.sizes.split(",")]
     stages = [s for s in args.stages.split(",") if s]
@@ -138,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, __file__, "--worker", stage, str(mp), "--device", args.device]
                 if args.model_dir:
                     cmd += ["--model-dir", str(args.model_dir)]
+                for flag, value in zip(("--vae-encoder-tile", "--vae-decoder-tile"), vae_tiles):
+                    cmd += [flag, str(value)] if value else []
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
             else:
-                row = measure(stage, mp, model_dir, device, tiny)
+                row = measure(stage, mp, model_dir, device, tiny, vae_tiles)
             results.setdefault(stage, []).append(row)
             print(f"{stage:9} {row['mp']:7.2f} {row['seconds']:9.2f} {row['s_per_mp']:8.2f} {row['peak_mb']:9.1f} "
                   f"{row['work_mb']:9.1f}", flush=True)

@@ -38,7 +38,7 @@ LORA_RANK = 64  # the rank SNUCV hard-codes (TSD-SR: its --rank default)
 
 def _values(name: str, shape: torch.Size, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-    noise = torch.randn(shape, generator=gen)
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     if name.endswith("A_logs"):  # state-space decay rates log(1..N), as MambaIRv2 initialises them
         return torch.log(torch.arange(1, shape[-1] + 1, dtype=torch.float32)).expand(shape) + 0.2 * noise
     if len(shape) < 2:  # norm scales (and MambaIRv2's Ds) around 1, biases and layer scales around 0
@@ -76,28 +76,43 @@ def _lora(model: nn.Module, targets: list[str], seed: int) -> dict[str, torch.Te
     return state
 
 
-def write_golden_model_folder(root: Path, seed: int) -> Path:
-    """Write the folder (SNUCV layout: SD3 transformer/ and vae/, TSD-SR LoRA files, embeddings, U checkpoint)."""
+def write_golden_model_folder(root: Path, seed: int, *, transformer_config: dict | None = None,
+                              vae_config: dict | None = None, mamba_config: dict | None = None,
+                              prompt_tokens: int = 5, transformer_dtype: torch.dtype = torch.float32) -> Path:
+    """Write the folder (SNUCV layout: SD3 transformer/ and vae/, TSD-SR LoRA files, embeddings, U checkpoint).
+
+    The configs default to the golden ones; benchmarks pass the published SD3-medium and MambaIRv2-B
+    configurations to get a real-size folder with random weights. `transformer_dtype` float16 builds and stores the
+    transformer in half precision (half the memory and disk; the values are float16 numbers either way)."""
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from refiner_fixtures import OFFICIAL_TRANSFORMER_TARGETS, OFFICIAL_VAE_TARGETS
     from safetensors.torch import save_file
 
     from sr4.networks.mambairv2 import MambaIRv2
 
+    transformer_config = transformer_config or GOLDEN_TRANSFORMER
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    transformer = fill_parameters(SD3Transformer2DModel(**GOLDEN_TRANSFORMER), seed)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(transformer_dtype)  # this helper runs alone in its process (tests, tools, benchmarks)
+    try:
+        transformer = fill_parameters(SD3Transformer2DModel(**transformer_config), seed)
+    finally:
+        torch.set_default_dtype(default_dtype)
     # A quieter decoder output keeps the images away from the clamp, so grey levels stay informative.
-    vae = fill_parameters(AutoencoderKL(**GOLDEN_VAE), seed, last_conv_scale={"decoder.conv_out.weight": 0.3})
+    vae = fill_parameters(AutoencoderKL(**(vae_config or GOLDEN_VAE)), seed,
+                          last_conv_scale={"decoder.conv_out.weight": 0.3})
     transformer.save_pretrained(root / "transformer", safe_serialization=True)
     vae.save_pretrained(root / "vae", safe_serialization=True)
     save_file(_lora(transformer, OFFICIAL_TRANSFORMER_TARGETS, seed + 1), root / "transformer.safetensors")
     save_file(_lora(vae, OFFICIAL_VAE_TARGETS, seed + 2), root / "vae.safetensors")
-    embeds = {"prompt_embeds.pt": (1, 5, GOLDEN_TRANSFORMER["joint_attention_dim"]),
-              "pool_embeds.pt": (1, GOLDEN_TRANSFORMER["pooled_projection_dim"])}
+    del transformer
+    embeds = {"prompt_embeds.pt": (1, prompt_tokens, transformer_config["joint_attention_dim"]),
+              "pool_embeds.pt": (1, transformer_config["pooled_projection_dim"])}
     for name, shape in embeds.items():
         torch.save(_values(name, torch.Size(shape), seed + 3).mul(3).half().float(), root / name)
-    upsampler = fill_parameters(MambaIRv2(**GOLDEN_MAMBA), seed + 4, last_conv_scale={"conv_last.weight": 0.3})
+    upsampler = fill_parameters(MambaIRv2(**(mamba_config or GOLDEN_MAMBA)), seed + 4,
+                                last_conv_scale={"conv_last.weight": 0.3})
     torch.save({"params": upsampler.state_dict()}, root / "mamba_trained.pth")
     return root
 

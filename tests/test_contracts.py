@@ -22,7 +22,7 @@ from spandrel_fixtures import compact_state_dict
 from sr4.errors import ConfigError, MissingDependencyError
 from sr4.models import REGISTRY, ModelDescriptor, NetworkArchitecture
 from sr4.models.loading import load_model
-from sr4.models.spandrel import SpandrelNet
+from sr4.models.spandrel_net import SpandrelNet
 from sr4.pipeline.upscaler import Upscaler
 from sr4.utils.rng import advance_generator
 

@@ -23,7 +23,7 @@ import sr4  # noqa: E402
 from sr4.cli import main  # noqa: E402
 from sr4.errors import CheckpointError, ConfigError  # noqa: E402
 from sr4.models.loading import load_model  # noqa: E402
-from sr4.models.spandrel import SpandrelNet  # noqa: E402
+from sr4.models.spandrel_net import SpandrelNet  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -166,7 +166,16 @@ def run_official_tsdsr(repo: Path, model: Path, inputs: Path, outputs: Path, see
     runpy.run_path(str(repo / "test" / "test_tsdsr.py"), run_name="__main__")
 
 
-def run_official_snucv(repo: Path, model: Path, inputs: Path, outputs: Path, seed: int, deps: str | None) -> None:
+def run_official_snucv(repo: Path, model: Path, inputs: Path, outputs: Path, seed: int, deps: str | None, *,
+                       mamba: dict | None | str = "golden", scan=None, device: str = "cpu",
+                       fp32: bool = True) -> float:
+    """Run SNUCV's `main` on `inputs`; returns the seconds its image loop (`io.run`) took.
+
+    mamba: MambaIRv2 keyword arguments for its U ("golden": the golden fixtures' tiny one; None: SNUCV's own,
+    MambaIRv2-B). scan: the stand-in for mamba_ssm's `selective_scan_fn` (default: the step-loop reference).
+    device "cpu" sends SNUCV's hard-coded CUDA devices to the CPU; fp32 moves its float16 SD3 parts to float32."""
+    import time
+
     _common_stubs(deps)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(ROOT / "tests"))
@@ -175,7 +184,7 @@ def run_official_snucv(repo: Path, model: Path, inputs: Path, outputs: Path, see
 
     for pkg in ("mamba_ssm", "mamba_ssm.ops"):
         _stub(pkg, __path__=[])
-    _stub("mamba_ssm.ops.selective_scan_interface", selective_scan_fn=step_loop_scan)
+    _stub("mamba_ssm.ops.selective_scan_interface", selective_scan_fn=scan or step_loop_scan)
     import diffusers  # noqa: F401  (it probes for matplotlib: import it before the stub exists)
 
     _stub("matplotlib", __path__=[])
@@ -187,25 +196,38 @@ def run_official_snucv(repo: Path, model: Path, inputs: Path, outputs: Path, see
 
     import torch
 
-    _cpu_only()
+    if device == "cpu":
+        _cpu_only()
     import models.team04_SNUCV.io as snucv_io
     import models.team04_SNUCV.model as snucv_model
 
-    snucv_model.MambaIRv2 = functools.partial(snucv_model.MambaIRv2, **GOLDEN_MAMBA)
+    if mamba is not None:
+        kwargs = GOLDEN_MAMBA if mamba == "golden" else mamba
+        snucv_model.MambaIRv2 = functools.partial(snucv_model.MambaIRv2, **kwargs)
     official_run = snucv_io.run
+    seconds = []
 
-    def run_fp32_seeded(net, *args, **kwargs):
-        net.float()  # SD3 parts were loaded in float16; their values are float16 numbers, so this is exact
-        net.weight_dtype = torch.float32
-        net.timesteps = net.timesteps.float()
-        net.prompt_embeds = net.prompt_embeds.float()
-        net.pooled_prompt_embeds = net.pooled_prompt_embeds.float()
+    def run_seeded(net, *args, **kwargs):
+        if fp32:
+            net.float()  # SD3 parts were loaded in float16; their values are float16 numbers, so this is exact
+            net.weight_dtype = torch.float32
+            net.timesteps = net.timesteps.float()
+            net.prompt_embeds = net.prompt_embeds.float()
+            net.pooled_prompt_embeds = net.pooled_prompt_embeds.float()
         torch.manual_seed(seed)
-        return official_run(net, *args, **kwargs)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = official_run(net, *args, **kwargs)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+        return result
 
-    snucv_io.run = run_fp32_seeded
-    snucv_io.main(str(model), str(inputs), str(outputs), device=torch.device("cpu"))
+    snucv_io.run = run_seeded
+    snucv_io.main(str(model), str(inputs), str(outputs), device=torch.device(device))
     shutil.rmtree(work, ignore_errors=True)
+    return seconds[0]
 
 
 # ----------------------------------------------------------------------------- driver

@@ -19,11 +19,12 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sr4.errors import CheckpointError
+
+if TYPE_CHECKING:  # imported by the readers themselves: the registry imports this module and stays torch-free
+    import torch
 
 #: wrapper entries looked into, in this order, when a file holds a dict of dicts (BasicSR, Lightning, ...).
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
@@ -73,6 +74,8 @@ def load_object(path: str | os.PathLike[str]) -> Any:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
+    import torch
+
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -90,6 +93,8 @@ def load_object(path: str | os.PathLike[str]) -> Any:
 
 
 def _is_state_dict(obj: Any) -> bool:
+    import torch
+
     return isinstance(obj, dict) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     )
@@ -102,6 +107,8 @@ def read_state_dict(path: str | os.PathLike[str], key: str | None = None,
     ``key`` picks a wrapper entry explicitly (e.g. ``"params"``); by default the first of ``wrappers`` that
     holds a dict is used (wrappers may nest, e.g. ``{'state_dict': {'params': ...}}``).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

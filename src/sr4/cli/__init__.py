@@ -18,6 +18,15 @@ COMMANDS = {
 }
 
 
+def _threads_arg(text: str) -> int:
+    from sr4.utils.threads import parse_threads
+
+    try:
+        return parse_threads(text, "--threads")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sr4 import __version__
 
@@ -27,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        p.add_argument("--threads", type=_threads_arg, metavar="N",
+                       help="CPU threads for torch (default: $SR4_THREADS, else $OMP_NUM_THREADS, else one per core)")
         try:
             import_module(module).add_parser(p)
         except ModuleNotFoundError as exc:
@@ -58,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             name = f"sr4 {args.command}"
             if getattr(args, "_missing", False):
                 print(f"{name}: not available in this build", file=sys.stderr)
+                return 2
+            from sr4.utils.threads import apply_thread_policy
+
+            try:  # before any command imports torch: OpenMP reads its settings once
+                apply_thread_policy(args.threads)
+            except ValueError as exc:
+                print(f"{name}: {exc}", file=sys.stderr)
                 return 2
             code = int(import_module(args._module).run(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from sr4.models.descriptor import ModelDescriptor, ModelTiling, SizeRequirements, all_dtypes
+from sr4.models.registry import Architecture
 
-from sr4.models.descriptor import ALL_DTYPES, ModelDescriptor, ModelTiling, SizeRequirements
-from sr4.models.registry import Architecture, StateDict
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sr4.models.registry import StateDict
 
 #: the `model` value (Python API, `--model`) that asks for plain bicubic x4.
 BICUBIC = "bicubic"
@@ -43,8 +46,9 @@ class BicubicArchitecture(Architecture):
     def _descriptor(self, module: Any) -> ModelDescriptor:
         scale = int(module.scale)
         return ModelDescriptor(model=module, arch=self.arch_id, scale=scale, size_requirements=SizeRequirements(1),
-                               supported_dtypes=ALL_DTYPES, stochastic=False, memory_per_pixel=module.memory_per_pixel,
-                               purpose="SR", tiling=ModelTiling.SUPPORTED, hyperparameters={"scale": scale},
+                               supported_dtypes=all_dtypes(), stochastic=False,
+                               memory_per_pixel=module.memory_per_pixel, purpose="SR",
+                               tiling=ModelTiling.SUPPORTED, hyperparameters={"scale": scale},
                                label=BICUBIC)
 
 

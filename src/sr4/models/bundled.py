@@ -13,13 +13,15 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from sr4.errors import CheckpointError
 from sr4.models.descriptor import ModelDescriptor
 from sr4.models.registry import load_file
+
+if TYPE_CHECKING:  # imported where used, so `sr4 info` can describe the bundled model without torch
+    import torch
+    from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -94,4 +96,6 @@ def load_default() -> ModelDescriptor:
 
 def load_default_upsampler(device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """The bundled default upsampler's network, checked and loaded in eval mode on `device`."""
+    import torch
+
     return load_default().to(device=device, dtype=dtype or torch.float32).model

@@ -11,15 +11,30 @@ import dataclasses
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads when a model does: `sr4 info` on the bundled file and `sr4 --help` stay torch-free
+    import torch
+    from torch import nn
 
 #: what a model is for (spandrel's names): "SR" upscales, "Restoration" keeps the size (denoise, JPEG), "FaceSR"
 #: restores faces (GFPGAN, RestoreFormer through spandrel).
 Purpose = Literal["SR", "Restoration", "FaceSR"]
-ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def all_dtypes() -> tuple[torch.dtype, ...]:
+    """float32, float16 and bfloat16: what a model supports unless its architecture says otherwise."""
+    import torch
+
+    return (torch.float32, torch.float16, torch.bfloat16)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ALL_DTYPES":  # the same tuple under its constant's name, made when first asked for
+        return all_dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 NoiseDraws = Callable[[int, int, int], list[int]]
 
 
@@ -73,7 +88,7 @@ class ModelDescriptor:
     arch: ArchId
     scale: int
     size_requirements: SizeRequirements = SizeRequirements()
-    supported_dtypes: tuple[torch.dtype, ...] = ALL_DTYPES
+    supported_dtypes: tuple[torch.dtype, ...] = field(default_factory=all_dtypes)
     #: takes a generator for random draws made at inference (MambaIRv2's routing noise).
     stochastic: bool = False
     #: random values each random call of a forward over (height, width, batch) draws, in call order; None for a
@@ -96,7 +111,7 @@ class ModelDescriptor:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         out = self.model(x, generator=generator) if self.stochastic else self.model(x)
-        return cast(torch.Tensor, out)
+        return cast("torch.Tensor", out)
 
     def supports(self, dtype: torch.dtype) -> bool:
         return dtype in self.supported_dtypes

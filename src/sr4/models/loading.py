@@ -12,7 +12,7 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,7 +21,10 @@ from sr4.errors import ConfigError
 from sr4.models.bicubic import BICUBIC
 from sr4.models.bundled import load_default
 from sr4.models.descriptor import ArchId, ModelDescriptor, SizeRequirements
-from sr4.models.registry import REGISTRY, NetworkArchitecture, StateDict, load_file
+from sr4.models.registry import REGISTRY, NetworkArchitecture, load_file
+
+if TYPE_CHECKING:
+    from sr4.models.registry import StateDict
 
 #: what `load_model` accepts.
 ModelSpec = None | str | os.PathLike[str] | nn.Module | ModelDescriptor

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from sr4.models.descriptor import ModelTiling, SizeRequirements, all_dtypes
+from sr4.models.registry import KeyCondition, NetworkArchitecture
 
-from sr4.models.descriptor import ALL_DTYPES, ModelTiling, SizeRequirements
-from sr4.models.registry import KeyCondition, NetworkArchitecture, StateDict
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sr4.models.registry import StateDict
 
 _LAYER0 = "layers.0.residual_group.layers.0."
 #: keys every MambaIRv2 checkpoint has, classic or light.
@@ -117,6 +120,11 @@ def scale_of(kwargs: Mapping[str, Any]) -> int:
     return int(kwargs.get("upscale", 2)) if kwargs.get("upsampler", "") else 1
 
 
+def min_size_of(kwargs: Mapping[str, Any]) -> int:
+    """Half a window per side (flip padding at most doubles a side): the rule of `MambaIRv2Base.min_size`."""
+    return (int(kwargs.get("window_size", 16)) + 1) // 2
+
+
 def capabilities(module: Any) -> dict[str, Any]:
     """What a built MambaIRv2 states: its routing noise is drawn at inference (a generator makes it reproducible),
     inputs need half a window per side (flip padding doubles a side at most), activation memory per pixel."""
@@ -124,7 +132,7 @@ def capabilities(module: Any) -> dict[str, Any]:
     return dict(
         scale=scale,
         size_requirements=SizeRequirements(minimum=int(module.min_size)),
-        supported_dtypes=ALL_DTYPES,
+        supported_dtypes=all_dtypes(),
         stochastic=True,
         noise_draws=module.noise_draws,
         memory_per_pixel=float(module.memory_per_pixel),
@@ -151,8 +159,8 @@ def _light() -> type[nn.Module]:
 MAMBAIRV2 = NetworkArchitecture(
     id="MambaIRv2", name="MambaIRv2 (classic SR)", module_class=_classic,
     keys=KeyCondition(required=SIGNATURE_KEYS, excluded=(LIGHT_KEY,)), check_keys=_has_stages,
-    infer=infer_hyperparameters, capabilities=capabilities, scale_of=scale_of)
+    infer=infer_hyperparameters, capabilities=capabilities, scale_of=scale_of, min_size_of=min_size_of)
 MAMBAIRV2_LIGHT = NetworkArchitecture(
     id="MambaIRv2Light", name="MambaIRv2-Light", module_class=_light,
     keys=KeyCondition(required=(*SIGNATURE_KEYS, LIGHT_KEY)), check_keys=_has_stages,
-    infer=infer_hyperparameters, capabilities=capabilities, scale_of=scale_of)
+    infer=infer_hyperparameters, capabilities=capabilities, scale_of=scale_of, min_size_of=min_size_of)

@@ -17,16 +17,17 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from sr4.checkpoints import read_state_dict
 from sr4.errors import CheckpointError, ConfigError
 from sr4.models.descriptor import ArchId, ModelDescriptor
 
-StateDict = Mapping[str, torch.Tensor]
+if TYPE_CHECKING:  # detection reads only key names and `.shape`: a safetensors header serves without torch
+    import torch
+    from torch import nn
+
+    StateDict = Mapping[str, torch.Tensor]
 
 
 def normalise(name: str) -> str:
@@ -104,6 +105,9 @@ class NetworkArchitecture(Architecture):
     scale_of: Callable[[Mapping[str, Any]], int]
     #: extra checks on the keys beyond `keys` (e.g. a layer count), returning what is missing.
     check_keys: Callable[[StateDict], list[str]] = field(default=lambda sd: [])
+    #: the smallest input side a set of constructor arguments accepts (without building; `sr4 info` reads it
+    #: from a file's header). A built module's own rule is in `capabilities`; the contract tests compare the two.
+    min_size_of: Callable[[Mapping[str, Any]], int] = field(default=lambda kwargs: 1)
 
     def detect(self, state_dict: StateDict) -> bool:
         return not self.keys.missing(state_dict) and not self.check_keys(state_dict)
@@ -177,6 +181,8 @@ def _mismatch_report(model: nn.Module, sd: StateDict) -> str:
 
 def check_finite(sd: StateDict, name: str = "checkpoint") -> None:
     """CheckpointError when a floating-point tensor holds NaN or infinite values."""
+    import torch
+
     broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
         raise CheckpointError(f"{name}: {len(broken)} of {len(sd)} tensors hold NaN or infinite values (first: "
@@ -185,11 +191,13 @@ def check_finite(sd: StateDict, name: str = "checkpoint") -> None:
 
 def build_and_load(arch: NetworkArchitecture, kwargs: dict[str, Any], sd: StateDict, name: str = "checkpoint"
                    ) -> nn.Module:
-    """Build `arch` with `kwargs` (without allocating: on the meta device) and load `sd` strictly; any mismatch
-    raises CheckpointError listing missing, unexpected and mis-shaped keys."""
+    """Build `arch` with `kwargs` and load `sd` strictly; any mismatch raises CheckpointError listing missing,
+    unexpected and mis-shaped keys."""
+    # Built on the CPU, not under torch.device("meta"): meta tensor ops run through torch's Python references,
+    # whose first call imports torch._dynamo (1-3 s on a 2-core CPU, more than building the largest MambaIRv2).
+    # The random initial values are then replaced by the checkpoint's tensors (assign=True, no copy).
     try:
-        with torch.device("meta"):
-            model = arch.build_module(**kwargs)
+        model = arch.build_module(**kwargs)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{name}: cannot build {arch.id}({kwargs}): {exc}") from exc
     report = _mismatch_report(model, sd)

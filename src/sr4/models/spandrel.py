@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 from types import ModuleType
-from typing import Any, cast
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, cast
 
 from sr4.errors import CheckpointError, ConfigError
 from sr4.models.descriptor import ArchId, ModelDescriptor, ModelTiling, Purpose, SizeRequirements
-from sr4.models.registry import REGISTRY, Architecture, StateDict, check_finite
+from sr4.models.registry import REGISTRY, Architecture, check_finite
 from sr4.optional import install_hint
+
+if TYPE_CHECKING:  # torch loads with a model (the registry is imported by `sr4 --help` and `sr4 info`)
+    from torch import nn
+
+    from sr4.models.registry import StateDict
+    from sr4.models.spandrel_net import SpandrelNet
 
 #: the registry id of the foreign architecture.
 SPANDREL = "spandrel"
@@ -40,30 +43,6 @@ def import_spandrel() -> ModuleType | None:
     return cast(ModuleType, spandrel)
 
 
-class SpandrelNet(nn.Module):
-    """A network loaded by spandrel, run through spandrel's descriptor call (padding, call function, clamp).
-
-    The network is the submodule `net` (so moving, copying and counting parameters work as for any module); the
-    descriptor goes along as a plain attribute and calls that same module. Models of one channel (grayscale
-    denoisers) run on each of the red, green and blue planes.
-    """
-
-    def __init__(self, descriptor: Any) -> None:
-        super().__init__()
-        self.net = descriptor.model
-        self.descriptor = descriptor
-        self.scale = int(descriptor.scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        per_plane = self.descriptor.input_channels == 1 and x.shape[1] != 1
-        if per_plane:
-            b, c, h, w = x.shape
-            x = x.reshape(b * c, 1, h, w)
-        # spandrel's call runs in inference mode: clone its output into an ordinary tensor for what follows
-        y = torch.cat([self.descriptor(x[i:i + 1]) for i in range(x.shape[0])]).clone()
-        return y.reshape(b, c, *y.shape[-2:]) if per_plane else y
-
-
 _TILING = {"SUPPORTED": ModelTiling.SUPPORTED, "DISCOURAGED": ModelTiling.DISCOURAGED,
            "INTERNAL": ModelTiling.INTERNAL}
 
@@ -71,6 +50,9 @@ _TILING = {"SUPPORTED": ModelTiling.SUPPORTED, "DISCOURAGED": ModelTiling.DISCOU
 def describe_spandrel(descriptor: Any, net: SpandrelNet | None = None) -> ModelDescriptor:
     """sr4's descriptor of a spandrel `ImageModelDescriptor` (everything stated is spandrel's)."""
     import spandrel
+    import torch
+
+    from sr4.models.spandrel_net import SpandrelNet
 
     arch = descriptor.architecture
     req = descriptor.size_requirements
@@ -159,6 +141,8 @@ class SpandrelArchitecture(Architecture):
                           "arguments")
 
     def describe(self, module: nn.Module) -> ModelDescriptor | None:
+        from sr4.models.spandrel_net import SpandrelNet
+
         if not isinstance(module, SpandrelNet):
             return None
         return describe_spandrel(module.descriptor, module)
