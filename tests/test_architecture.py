@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sr4"
 LAYERS = [
     ["sr4.errors", "sr4.utils", "sr4.optional", "sr4.ops", "sr4.checkpoints", "sr4.image"],
     ["sr4.networks", "sr4.models"],
-    ["sr4.refiner", "sr4.metrics"],
+    ["sr4.refiner", "sr4.metrics", "sr4.integrations"],
     ["sr4.pipeline", "sr4.training"],
     ["sr4.web"],
     ["sr4.cli", "sr4.__main__"],

@@ -198,9 +198,9 @@ def test_pipeline_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--pipeline", "snucv"]) == 2
     assert "--model-dir" in capsys.readouterr().err
 
-    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--pipeline", "snucv", "--model-dir", "m",
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--pipeline", "tsdsr", "--model-dir", "m",
                  "--model", "x.pth"]) == 2
-    assert "--model applies to --pipeline upsampler only" in capsys.readouterr().err
+    assert "--model applies to --pipeline upsampler and snucv (its stage U)" in capsys.readouterr().err
 
     calls: list[dict] = []
 
@@ -226,7 +226,8 @@ def test_pipeline_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
                 "process_size": 512, "upscale": 4, "seed_stream": "image"}
     assert calls == [{"model_dir": "models", "pipeline": "tsdsr", "latent": "mean", "color_fix": "wavelet",
                       "device": "cpu", "dtype": "auto", "seed": 7, "merge_lora": False, "vae_tiling": False,
-                      "vae_tile_stats": "exact", "upsampler_tile": 32, "upsampler_tile_overlap": 16, **defaults}]
+                      "vae_tile_stats": "exact", "upsampler_tile": 32, "upsampler_tile_overlap": 16, "upsampler": None,
+                      **defaults}]
     out = np.asarray(Image.open(tmp_path / "o" / "a.png"))
     np.testing.assert_array_equal(out, np.asarray(Image.open(src)).repeat(4, 0).repeat(4, 1))
     # TSD-SR's own options, each with its official meaning

@@ -208,3 +208,25 @@ def test_progress_reports_every_tile() -> None:
                   overlap=2, progress=lambda d, n: calls.append((d, n)))
     n = len(tile_starts(50, 20, 2)) ** 2
     assert calls[0] == (0, n) and calls[-1] == (n, n) and len(calls) == n + 1
+
+
+def test_tiles_start_on_the_models_grid() -> None:
+    """A model with `multiple_of` (pixel-unshuffle, windows) sees every tile on the grid of one pass: starts are
+    multiples of it, spans cover the axis with at least the overlap asked for."""
+    from sr4.pipeline.tiling import tile_spans
+
+    for length, tile, overlap, align in [(72, 32, 16, 4), (61, 16, 8, 4), (45, 20, 4, 8), (30, 32, 8, 4)]:
+        spans = tile_spans(length, tile, overlap, align)
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        assert all(start % align == 0 for start, _ in spans)
+        assert all(a[1] - b[0] >= min(overlap, tile) for a, b in zip(spans, spans[1:]))
+        assert all(stop - start <= tile + align - 1 for start, stop in spans)
+
+
+def test_a_pixel_unshuffle_model_tiled_equals_one_pass_where_context_allows() -> None:
+    """Pixel-unshuffle by 2 then shuffle back: pointwise on the 2 px grid, so aligned tiles give one pass exactly."""
+    net = nn.Sequential(nn.PixelUnshuffle(2), nn.PixelShuffle(2))
+    x = torch.rand(1, 3, 29, 35)
+    whole = tiled_upscale(net, x, scale=1, tile=None, multiple_of=2)
+    tiled = tiled_upscale(net, x, scale=1, tile=9, overlap=3, multiple_of=2)
+    assert torch.equal(whole, x) and torch.allclose(tiled, x, atol=1e-6)

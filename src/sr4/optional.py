@@ -2,7 +2,8 @@
 
 The base install runs the upsampler (MambaIRv2 with the numba CPU scan, bicubic, the bundled model), image I/O,
 the metrics and `sr4 info`. Each extra adds a part: `refiner` the SD3 / TSD-SR stage M and the two-stage pipelines,
-`train` training through the refiner (CLIP, TensorBoard), `web` the `sr4 serve` app. Code that needs an extra
+`train` training through the refiner (CLIP, TensorBoard), `web` the `sr4 serve` app, `spandrel` every architecture
+spandrel loads (`sr4.models.spandrel`). Code that needs an extra
 calls `require(extra, what)` first, so a user gets `pip install 'sr4[refiner]'` instead of an ImportError from deep
 inside a library. Checking imports nothing (`importlib.util.find_spec`).
 """
@@ -18,6 +19,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "refiner": ("diffusers", "peft"),
     "train": ("diffusers", "peft", "transformers"),
     "web": ("starlette", "uvicorn"),
+    # checkpoints of other architectures (ESRGAN, Compact, SwinIR, HAT, DAT, ...) through spandrel's loaders
+    "spandrel": ("spandrel",),
 }
 
 

@@ -232,6 +232,8 @@ def _upscale_lr(args: argparse.Namespace, record: dict) -> int:
               f"{len(report.unfinished)} not finished; nothing scored", file=sys.stderr)
         return stop.exit_code()
     model = args.model_dir if args.pipeline != "upsampler" else (args.model or "sr4 bundled default")
+    if args.pipeline == "snucv" and args.model:
+        record["stage_u"] = args.model  # another stage U than the folder's mamba_trained.pth
     record.update({"lr_dir": str(args.lr_dir), "pipeline": args.pipeline, "model": model,
                    "images_written": [dst.name for dst in report.done],
                    "errors": [(str(src), message) for src, message in report.failed]})

@@ -12,8 +12,8 @@ from typing import Any
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="upsampler checkpoint (.safetensors, .pth or .pt); "
-                   "default: sr4's bundled default model")
+    p.add_argument("model", nargs="?", help="upsampler checkpoint (.safetensors, .pth or .pt; MambaIRv2, or with "
+                   "sr4[spandrel] any architecture spandrel loads); default: sr4's bundled default model")
     p.add_argument("--key", default=None, help="wrapper entry to read (default: params_ema, then params, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
@@ -34,9 +34,13 @@ def _bundled_facts() -> dict[str, Any]:
         raise CheckpointError(f"{path}: the bundled file is not a network checkpoint")
     kwargs = arch.hyperparameters(header, str(path))
     floats = [t for t in header.values() if t.is_floating_point]  # the parameters; the one buffer is int64
-    return {"file": str(path), "arch": arch.id, "scale": arch.scale_of(kwargs),
-            "parameters": sum(t.numel() for t in floats), "stored_dtypes": sorted({t.dtype for t in floats}),
-            "min_size": arch.min_size_of(kwargs), "hyperparameters": kwargs, "bundled": DEFAULT_MODEL.describe()}
+    scale = arch.scale_of(kwargs)
+    # what MambaIRv2's descriptor states (models/mambairv2.capabilities); test_startup checks it equals the full load
+    return {"file": str(path), "arch": arch.id, "arch_name": arch.name, "scale": scale,
+            "purpose": "SR" if scale > 1 else "Restoration", "parameters": sum(t.numel() for t in floats),
+            "stored_dtypes": sorted({t.dtype for t in floats}), "runs_in": ["float32", "float16", "bfloat16"],
+            "min_size": arch.min_size_of(kwargs), "multiple_of": 1, "square": False, "tiling": "supported",
+            "hyperparameters": kwargs, "bundled": DEFAULT_MODEL.describe()}
 
 
 def _checkpoint_facts(path: str, key: str | None) -> dict[str, Any]:
@@ -47,10 +51,12 @@ def _checkpoint_facts(path: str, key: str | None) -> dict[str, Any]:
     sd = read_state_dict(path, key=key)
     model = REGISTRY.load(sd, name=path)  # proves the checkpoint loads strictly
     stored = {str(v.dtype).removeprefix("torch.") for v in sd.values() if v.is_floating_point()}
-    return {"file": path, "arch": model.arch.id, "scale": model.scale,
-            "parameters": sum(p.numel() for p in model.model.parameters()),
-            "stored_dtypes": sorted(stored),
-            "min_size": model.size_requirements.minimum, "hyperparameters": dict(model.hyperparameters)}
+    req = model.size_requirements
+    return {"file": path, "arch": model.arch.id, "arch_name": model.arch.name, "scale": model.scale,
+            "purpose": model.purpose, "parameters": sum(p.numel() for p in model.model.parameters()),
+            "stored_dtypes": sorted(stored), "runs_in": [str(d).removeprefix("torch.") for d in model.supported_dtypes],
+            "min_size": req.minimum, "multiple_of": req.multiple_of, "square": req.square,
+            "tiling": model.tiling.value, "hyperparameters": dict(model.hyperparameters)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     bundled, hyperparameters = info.get("bundled"), info["hyperparameters"]
     if args.json:
-        print(json.dumps(info))
+        print(json.dumps(info, default=str))  # hyperparameters of foreign models may hold tuples, enums, ...
         return 0
     if bundled is not None:
         print(f"bundled model: {bundled['name']} (sr4's default)")
@@ -80,12 +86,17 @@ def run(args: argparse.Namespace) -> int:
         if bundled["evaluation"]:
             print(f"evaluation:    {bundled['evaluation']}")
     print(f"file:          {info['file']}")
-    print(f"architecture:  {info['arch']}")
-    print(f"scale:         x{info['scale']}")
+    print(f"architecture:  {info['arch']}" + (f" ({info['arch_name']})" if info["arch_name"] != info["arch"] else ""))
+    print(f"scale:         x{info['scale']} ({info['purpose']})")
     print(f"parameters:    {info['parameters']:,}")
     print(f"stored dtype:  {', '.join(info['stored_dtypes'])}")
-    print(f"min input:     {info['min_size']} px per side")
-    print("hyperparameters (img_range cannot be read from a checkpoint; 1.0 assumed):")
+    print(f"runs in:       {', '.join(info['runs_in'])}")
+    shape = [f"multiple of {info['multiple_of']}"] if info["multiple_of"] > 1 else []
+    shape += ["square"] if info["square"] else []
+    print(f"min input:     {info['min_size']} px per side" + (f" ({', '.join(shape)}; sr4 pads)" if shape else ""))
+    print(f"tiling:        {info['tiling']}")
+    sr4_own = "loaded_by" not in hyperparameters  # a foreign loader states img_range itself
+    print("hyperparameters" + (" (img_range cannot be read from a checkpoint; 1.0 assumed)" if sr4_own else "") + ":")
     for key, value in hyperparameters.items():
         print(f"  {key}: {value}")
     return 0

@@ -82,8 +82,10 @@ def add_tiles(p: argparse.ArgumentParser | Any) -> None:
 
 def add_model(p: argparse.ArgumentParser | Any) -> None:
     """--model, --pipeline, --model-dir: which processor."""
-    p.add_argument("--model", metavar="FILE|bicubic", help="upsampler checkpoint (MambaIRv2 / -Light, .pth or "
-                   ".safetensors), or 'bicubic' for plain bicubic x4; default: sr4's bundled MambaIRv2-Light x4")
+    p.add_argument("--model", metavar="FILE|bicubic", help="upsampler checkpoint (.pth or .safetensors: MambaIRv2 / "
+                   "-Light, or with sr4[spandrel] ESRGAN, Compact, SwinIR, HAT, DAT and every other architecture "
+                   "spandrel loads), or 'bicubic' for plain bicubic x4; default: sr4's bundled MambaIRv2-Light x4; "
+                   "with --pipeline snucv: stage U (any x4 model; default the folder's mamba_trained.pth)")
     p.add_argument("--pipeline", choices=["upsampler", "snucv", "tsdsr"], default="upsampler",
                    help="upsampler: network alone (default); snucv: upsampler then refiner; tsdsr: TSD-SR")
     p.add_argument("--model-dir", metavar="DIR", help="model folder for snucv/tsdsr (SD3 transformer/vae, LoRA, "

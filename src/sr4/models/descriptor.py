@@ -17,8 +17,9 @@ if TYPE_CHECKING:  # torch loads when a model does: `sr4 info` on the bundled fi
     import torch
     from torch import nn
 
-#: what a model is for (spandrel's names): "SR" upscales, "Restoration" keeps the size (denoise, JPEG).
-Purpose = Literal["SR", "Restoration"]
+#: what a model is for (spandrel's names): "SR" upscales, "Restoration" keeps the size (denoise, JPEG), "FaceSR"
+#: restores faces (GFPGAN, RestoreFormer through spandrel).
+Purpose = Literal["SR", "Restoration", "FaceSR"]
 
 
 def all_dtypes() -> tuple[torch.dtype, ...]:

@@ -42,6 +42,8 @@ class Architecture(abc.ABC):
     name: str
     #: False for models that have no weights file (bicubic): detection skips them.
     loads_files: bool = True
+    #: True for a foreign registry (spandrel) that may claim what sr4's own architectures did not: tried last.
+    detect_last: bool = False
 
     @property
     def arch_id(self) -> ArchId:
@@ -177,6 +179,16 @@ def _mismatch_report(model: nn.Module, sd: StateDict) -> str:
     return " | ".join(parts)
 
 
+def check_finite(sd: StateDict, name: str = "checkpoint") -> None:
+    """CheckpointError when a floating-point tensor holds NaN or infinite values."""
+    import torch
+
+    broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{name}: {len(broken)} of {len(sd)} tensors hold NaN or infinite values (first: "
+                              f"{broken[0]}); the file is damaged or comes from a diverged training run")
+
+
 def build_and_load(arch: NetworkArchitecture, kwargs: dict[str, Any], sd: StateDict, name: str = "checkpoint"
                    ) -> nn.Module:
     """Build `arch` with `kwargs` and load `sd` strictly; any mismatch raises CheckpointError listing missing,
@@ -184,8 +196,6 @@ def build_and_load(arch: NetworkArchitecture, kwargs: dict[str, Any], sd: StateD
     # Built on the CPU, not under torch.device("meta"): meta tensor ops run through torch's Python references,
     # whose first call imports torch._dynamo (1-3 s on a 2-core CPU, more than building the largest MambaIRv2).
     # The random initial values are then replaced by the checkpoint's tensors (assign=True, no copy).
-    import torch
-
     try:
         model = arch.build_module(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -193,10 +203,7 @@ def build_and_load(arch: NetworkArchitecture, kwargs: dict[str, Any], sd: StateD
     report = _mismatch_report(model, sd)
     if report:
         raise CheckpointError(f"{name}: checkpoint does not match {arch.id}({kwargs}): {report}")
-    broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if broken:
-        raise CheckpointError(f"{name}: {len(broken)} of {len(sd)} tensors hold NaN or infinite values (first: "
-                              f"{broken[0]}); the file is damaged or comes from a diverged training run")
+    check_finite(sd, name)
     model.load_state_dict(dict(sd), strict=True, assign=True)
     return model
 
@@ -237,8 +244,9 @@ class Registry:
                               ) from None
 
     def detect(self, state_dict: StateDict, name: str = "checkpoint") -> Architecture:
-        """The architecture whose keys these are; CheckpointError listing what was tried otherwise."""
-        tried = [a for a in self if a.loads_files]
+        """The architecture whose keys these are (sr4's own first, a foreign registry last); CheckpointError listing
+        what was tried otherwise."""
+        tried = sorted((a for a in self if a.loads_files), key=lambda a: a.detect_last)
         for arch in tried:
             if arch.detect(state_dict):
                 return arch

@@ -48,10 +48,13 @@ class PipelineConfig:
 @dataclass(frozen=True)
 class SNUCVConfig(PipelineConfig):
     """SNUCV (NTIRE 2025): U's LR tiles ("auto": one pass whenever the image fits in memory, as SNUCV runs U) and
-    U's precision (fp32, as SNUCV); no colour fix by default."""
+    U's precision (fp32, as SNUCV); no colour fix by default. `upsampler` replaces stage U: None (SNUCV's own, the
+    folder's mamba_trained.pth) or any x4 model `sr4.Upscaler` takes (a checkpoint of a registered architecture,
+    spandrel's included, "bicubic", a module or a descriptor)."""
 
     upsampler_tiles: TileOptions = TileOptions("auto", 16)
     upsampler_dtype: str | torch.dtype | None = "fp32"
+    upsampler: Any = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ OPTION_PATHS = {
     "upsampler_tile": "upsampler_tiles.tile",
     "upsampler_tile_overlap": "upsampler_tiles.overlap",
     "upsampler_dtype": "upsampler_dtype",
+    "upsampler": "upsampler",
     "process_size": "process_size",
     "upscale": "upscale",
 }

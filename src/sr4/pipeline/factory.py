@@ -44,8 +44,10 @@ class ProcessorOptions:
 
 def build_processor(pipeline: str, model: str | None, model_dir: str | None, options: ProcessorOptions
                     ) -> ImageProcessor:
-    """An `Upscaler` (pipeline "upsampler": `model` None = the bundled default, "bicubic" or a checkpoint), or the
-    two-stage pipeline of `model_dir` ("snucv", "tsdsr"). Raises ConfigError for options that do not fit."""
+    """An `Upscaler` (pipeline "upsampler": `model` None = the bundled default, "bicubic" or a checkpoint of any
+    registered architecture, spandrel's included), or the two-stage pipeline of `model_dir` ("snucv", "tsdsr"; for
+    snucv `model` replaces stage U, default the folder's mamba_trained.pth). Raises ConfigError for options that do
+    not fit."""
     if pipeline not in PROCESSORS:
         raise ConfigError(f"--pipeline must be one of {', '.join(PROCESSORS)}, got {pipeline!r}")
     if pipeline == "upsampler":
@@ -55,9 +57,9 @@ def build_processor(pipeline: str, model: str | None, model_dir: str | None, opt
                         dtype=options.dtype, seed=options.seed, alpha=options.alpha)
     if model_dir is None:
         raise ConfigError(f"--pipeline {pipeline} needs --model-dir DIR (the SD3 / TSD-SR model folder)")
-    if model is not None:
-        raise ConfigError(f"--model applies to --pipeline upsampler only; --pipeline {pipeline} takes its "
-                          "networks from --model-dir")
+    if model is not None and pipeline != "snucv":
+        raise ConfigError(f"--model applies to --pipeline upsampler and snucv (its stage U); --pipeline {pipeline} "
+                          "takes its networks from --model-dir")
     if pipeline == "snucv" and options.upscale != 4:
         raise ConfigError("--upscale applies to --pipeline tsdsr; snucv upscales x4 (its upsampler's factor)")
     from sr4.pipeline.two_stage import Pipeline
@@ -71,6 +73,6 @@ def build_processor(pipeline: str, model: str | None, model_dir: str | None, opt
         upsampler_tile=options.tile, upsampler_tile_overlap=options.tile_overlap,
         vae_encoder_tile=options.vae_encoder_tile, vae_decoder_tile=options.vae_decoder_tile,
         latent_tile=options.latent_tile, latent_overlap=options.latent_overlap, process_size=options.process_size,
-        upscale=options.upscale, seed_stream=options.seed_stream)
+        upscale=options.upscale, seed_stream=options.seed_stream, upsampler=model)
     processor.alpha_upsampler = options.alpha  # an ImageProcessor rule, the same for every pipeline
     return processor

@@ -14,6 +14,7 @@ import os
 import torch
 from torch import nn
 
+from sr4.errors import ConfigError
 from sr4.ops import quantize_8bit_ste
 from sr4.pipeline.configs import SNUCVConfig
 from sr4.pipeline.two_stage import Pipeline
@@ -31,7 +32,8 @@ def snucv_forward(upsampler: nn.Module, refiner: nn.Module, lr: torch.Tensor,
 
 
 class SNUCVPipeline(Pipeline):
-    """U (an `Upscaler` on the folder's mamba_trained.pth) then M, from a `SNUCVConfig`."""
+    """U (an `Upscaler` on the folder's mamba_trained.pth, or on `config.upsampler`: any x4 model) then M, from a
+    `SNUCVConfig`."""
 
     method = "snucv"
     config_class = SNUCVConfig
@@ -47,12 +49,18 @@ class SNUCVPipeline(Pipeline):
     @classmethod
     def load(cls, model_dir: str | os.PathLike, config: SNUCVConfig) -> SNUCVPipeline:
         folder, device = cls.validate_folder(model_dir, config)
-        refiner = cls.load_refiner(folder, config, device)
         tiles = config.upsampler_tiles
-        upsampler = Upscaler(folder.upsampler, tile=tiles.tile, tile_overlap=tiles.overlap, device=device,
+        # U first: a wrong stage U is reported before the refiner is loaded
+        spec = folder.upsampler if config.upsampler is None else config.upsampler
+        upsampler = Upscaler(spec, tile=tiles.tile, tile_overlap=tiles.overlap, device=device,
                              dtype=config.upsampler_dtype, seed=config.seed)
+        if upsampler.scale != 4:
+            raise ConfigError(f"stage U of the snucv pipeline must upscale x4 (the refiner works at x4 of the input); "
+                              f"{upsampler.model_name} is x{upsampler.scale}")
+        refiner = cls.load_refiner(folder, config, device)
         pipe = cls(refiner, upsampler, config, device)
-        pipe.model_name = f"the snucv model folder {folder.root}"
+        pipe.model_name = f"the snucv model folder {folder.root}" + (
+            "" if config.upsampler is None else f" with {upsampler.model_name} as stage U")
         return pipe
 
     def upscale_rgb(self, x: torch.Tensor, generator: torch.Generator, progress: ProgressFn | None = None

@@ -8,7 +8,7 @@ outer product of two 1-D sums, so normalising needs no 2-D weight map: the only 
 buffer is the output itself (kept on the CPU, so device memory depends on the tile only).
 
 Tiles smaller than the network's `min_size` (small images, 1x1 included) are padded by
-reflection (replication when the tile is too small to reflect) and cropped back.
+reflection (replication beyond what the tile can reflect) and cropped back.
 
 `tile="auto"` runs one pass whenever the whole image fits in free memory (psutil or /proc/meminfo on
 CPU, `torch.cuda.mem_get_info` on CUDA), as the official code does, else picks a power-of-two tile
@@ -66,6 +66,19 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
+def tile_spans(length: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
+    """(start, stop) of the tiles along an axis: `tile_starts`, with every start a multiple of `align` (a model's
+    `multiple_of`: a pixel-unshuffle input, a window grid), so each tile sees the image on the same grid as one pass
+    does. An aligned start moves back by less than `align`, so the spans are planned with that much more overlap;
+    the last span runs to the end (up to `align` - 1 pixels longer than `tile`)."""
+    if align <= 1 or length <= tile:
+        return [(s, min(s + tile, length)) for s in tile_starts(length, tile, overlap)]
+    starts = [s - s % align for s in tile_starts(length, tile, overlap + align - 1)]
+    spans = [(s, min(s + tile, length)) for s in starts]
+    spans[-1] = (starts[-1], length)
+    return spans
+
+
 def ramp_weights(start: int, stop: int, length: int, ramp: int) -> torch.Tensor:
     """1-D blending weight of the output span [start, stop) of an axis of `length` output pixels.
 
@@ -93,9 +106,12 @@ def pad_forward(forward: TileForward, x: torch.Tensor, scale: int, min_size: int
     ph, pw = need_h - h, need_w - w
     if ph == 0 and pw == 0:
         return forward(x)
-    # Reflection keeps local statistics; it needs the pad smaller than the side, else replicate.
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    padded = F.pad(x, (0, pw, 0, ph), mode=mode)
+    # Reflection keeps local statistics; it reaches side - 1 pixels, the rest is replicated (spandrel's rule too,
+    # so a model run through spandrel sees the same padded image as spandrel's own call gives it).
+    rh, rw = min(ph, h - 1), min(pw, w - 1)
+    padded = F.pad(x, (0, rw, 0, rh), mode="reflect") if rh or rw else x
+    if ph > rh or pw > rw:
+        padded = F.pad(padded, (0, pw - rw, 0, ph - rh), mode="replicate")
     return forward(padded)[..., : h * scale, : w * scale]
 
 
@@ -116,8 +132,7 @@ def tiled_upscale(forward: TileForward, x: torch.Tensor, *, scale: int, tile: in
         return out.to(x.device)
     tile = max(int(tile), min_size)
     overlap = max(0, min(int(overlap), tile // 2))
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    th, tw = min(tile, h), min(tile, w)
+    ys, xs = tile_spans(h, tile, overlap, multiple_of), tile_spans(w, tile, overlap, multiple_of)
     out = torch.zeros(1, c, h * scale, w * scale, dtype=torch.float32, device=x.device)
     wy_sum = torch.zeros(h * scale)
     wx_sum = torch.zeros(w * scale)
@@ -125,16 +140,16 @@ def tiled_upscale(forward: TileForward, x: torch.Tensor, *, scale: int, tile: in
     total, done = len(ys) * len(xs), 0
     if progress:
         progress(0, total)
-    for iy, y0 in enumerate(ys):
-        oy0, oy1 = y0 * scale, (y0 + th) * scale
+    for iy, (y0, y1) in enumerate(ys):
+        oy0, oy1 = y0 * scale, y1 * scale
         wy = ramp_weights(oy0, oy1, h * scale, ramp)
         wy_sum[oy0:oy1] += wy
-        for x0 in xs:
-            ox0, ox1 = x0 * scale, (x0 + tw) * scale
+        for x0, x1 in xs:
+            ox0, ox1 = x0 * scale, x1 * scale
             wx = ramp_weights(ox0, ox1, w * scale, ramp)
             if iy == 0:
                 wx_sum[ox0:ox1] += wx
-            piece = pad_forward(forward, x[:, :, y0:y0 + th, x0:x0 + tw], scale, min_size, multiple_of)
+            piece = pad_forward(forward, x[:, :, y0:y1, x0:x1], scale, min_size, multiple_of)
             piece = piece.float().to(out.device)
             weight = (wy.view(-1, 1) * wx.view(1, -1)).to(out.device)
             out[:, :, oy0:oy1, ox0:ox1].addcmul_(piece, weight)

@@ -101,8 +101,9 @@ class Pipeline(ImageProcessor):
     @classmethod
     def validate_folder(cls, model_dir: str | os.PathLike[str], config: PipelineConfig
                         ) -> tuple[ModelFolder, torch.device]:
-        return (validate_model_folder(model_dir, need_upsampler=cls.method == "snucv"),
-                resolve_device(config.device))
+        # SNUCV needs the folder's mamba_trained.pth unless another stage U is given
+        need_upsampler = cls.method == "snucv" and getattr(config, "upsampler", None) is None
+        return validate_model_folder(model_dir, need_upsampler=need_upsampler), resolve_device(config.device)
 
     # ------------------------------------------------------------------ per call
 
