@@ -478,6 +478,34 @@ def test_cli_serves_and_removes_its_temporary_folder_on_signals(tmp_path, sig):
     assert ("WARNING: listening on 127.0.0.2" in err) == (host != "127.0.0.1")
 
 
+@pytest.mark.slow  # two fresh interpreters import torch
+def test_a_folder_left_by_sigkill_is_removed_at_the_next_start(tmp_path):
+    # Folders that only look alike stay: another program's, a live process's (this one), a link to a folder.
+    from sr4.utils.atomic import writer_token
+
+    foreign = tmp_path / "sr4-serve-notours"
+    foreign.mkdir()
+    live = tmp_path / f"sr4-serve-{writer_token()}-abc"
+    live.mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "f.txt").write_text("x")
+    link = tmp_path / "sr4-serve-000000-1-1-link"
+    link.symlink_to(tmp_path / "kept", target_is_directory=True)
+    proc, _, first = _start_cli(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert first.is_dir()  # SIGKILL: nothing could clean up
+    proc, _, second = _start_cli(tmp_path)
+    try:
+        assert second.is_dir() and not first.exists()
+        assert foreign.is_dir() and live.is_dir() and link.is_symlink()
+        assert (tmp_path / "kept" / "f.txt").read_text() == "x"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert not second.exists()
+
+
 def test_cli_refuses_a_missing_model_and_a_missing_extra(tmp_path, monkeypatch, capsys):
     assert main(["serve", "--model", str(tmp_path / "nope.pth")]) == 2
     assert "--model" in capsys.readouterr().err

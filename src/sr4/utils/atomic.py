@@ -63,11 +63,15 @@ def _process_start(pid: int) -> int:
         return 0
 
 
+def writer_token() -> str:
+    """HOST-PID-START of this process: what sr4's temporary names carry so a later run can tell a live writer."""
+    return f"{_host_tag()}-{os.getpid()}-{_process_start(os.getpid())}"
+
+
 def temp_path_for(target: Path) -> Path:
     """A fresh temporary name next to `target` (not created)."""
     stem = target.stem[:40]  # the final name fits the file system; keep ours well below 255 bytes
-    token = f"{_host_tag()}-{os.getpid()}-{_process_start(os.getpid())}-{secrets.token_hex(3)}"
-    return target.with_name(f"{TEMP_PREFIX}{token}.{stem}{target.suffix}")
+    return target.with_name(f"{TEMP_PREFIX}{writer_token()}-{secrets.token_hex(3)}.{stem}{target.suffix}")
 
 
 def is_temp_name(name: str) -> bool:
@@ -122,6 +126,30 @@ def sweep_stale_temps(folder: str | os.PathLike) -> list[Path]:
                 removed.append(Path(entry.path))
         except FileNotFoundError:
             continue  # its writer published or removed it meanwhile
+    return removed
+
+
+def sweep_stale_folders(parent: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove folders ``PREFIX + writer_token() + ...`` in `parent` whose process is gone on this machine.
+
+    For the temporary folders of long-running commands (`sr4 serve`): a SIGKILL or a power loss leaves them
+    behind. Only folders of this machine whose writer is certainly gone are removed; links are never followed.
+    """
+    import shutil
+
+    pattern = re.compile(re.escape(prefix) + r"(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-(?P<start>\d+)-")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(os.fspath(parent)))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        if _writer_alive(m["host"], int(m["pid"]), int(m["start"])) is False:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
     return removed
 
 

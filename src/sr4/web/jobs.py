@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from sr4.pipeline.factory import ProcessorOptions
+from sr4.utils.atomic import sweep_stale_folders, writer_token
 from sr4.web.candidates import Candidate, load_processor
 from sr4.web.uploads import UploadError, display_name, stem
 
@@ -187,13 +188,20 @@ class Scorer:
         return values, notes
 
 
+#: temporary folders of `sr4 serve` are named SERVE_TEMP_PREFIX + HOST-PID-START + random.
+SERVE_TEMP_PREFIX = "sr4-serve-"
+
+
 class WebState:
     """Workspaces, the job queue and its worker; thread-safe. `close()` removes every file."""
 
     def __init__(self, config: WebConfig):
         self.config = config
         self.candidates = {c.id: c for c in config.candidates}
-        self.root = Path(tempfile.mkdtemp(prefix="sr4-serve-", dir=config.temp_parent))
+        # Named after this process, so the next start removes what a SIGKILL left behind.
+        parent = config.temp_parent or tempfile.gettempdir()
+        sweep_stale_folders(parent, SERVE_TEMP_PREFIX)
+        self.root = Path(tempfile.mkdtemp(prefix=f"{SERVE_TEMP_PREFIX}{writer_token()}-", dir=parent))
         self.scorer = Scorer(config.weights_dir, config.processor.device)
         self._lock = threading.RLock()  # guards workspaces, jobs and the closed flag
         self._write_lock = threading.Lock()  # held while a file is written; close() takes it before removing
