@@ -218,19 +218,38 @@ def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Modul
                 small = F.interpolate(x, size=size, mode="area")
             net(small)
         stats.mode = "apply"
-        out_rows = []
+        # The cores tile the output exactly, in order: each is copied into one output buffer as it comes, so
+        # memory beyond the tile is the output alone (not rows of views holding whole tiles, then a copy).
+        out: torch.Tensor | None = None
+        top = 0
         for r in rows:
-            out_cols = [crop_core(net(x[..., r.start:r.stop, c.start:c.stop]), r, c, cfg.scale) for c in cols]
-            out_rows.append(torch.cat(out_cols, dim=-1))
-        return torch.cat(out_rows, dim=-2)
+            left = 0
+            for c in cols:
+                core = crop_core(net(x[..., r.start:r.stop, c.start:c.stop]), r, c, cfg.scale)
+                if out is None:
+                    height = sum(crop_core_size(s, cfg.scale) for s in rows)
+                    width = sum(crop_core_size(s, cfg.scale) for s in cols)
+                    out = core.new_empty((*core.shape[:-2], height, width))
+                out[..., top:top + core.shape[-2], left:left + core.shape[-1]] = core
+                left += core.shape[-1]
+            top += crop_core_size(r, cfg.scale)
+        assert out is not None  # a grid has at least one tile
+        return out
+
+
+def _core_bounds(s: Span, scale: float) -> tuple[int, int]:
+    """Where a tile's core lies in the tile's output, along one axis."""
+    first = math.floor((s.core_start - s.start) * scale)
+    last = math.floor(s.core_stop * scale) - math.floor(s.start * scale)
+    return first, last
+
+
+def crop_core_size(s: Span, scale: float) -> int:
+    first, last = _core_bounds(s, scale)
+    return last - first
 
 
 def crop_core(y: torch.Tensor, r: Span, c: Span, scale: float) -> torch.Tensor:
-    def bounds(s: Span) -> tuple[int, int]:
-        first = math.floor((s.core_start - s.start) * scale)
-        last = math.floor(s.core_stop * scale) - math.floor(s.start * scale)
-        return first, last
-
-    t0, t1 = bounds(r)
-    l0, l1 = bounds(c)
+    t0, t1 = _core_bounds(r, scale)
+    l0, l1 = _core_bounds(c, scale)
     return y[..., t0:t1, l0:l1]
