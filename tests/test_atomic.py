@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sr4.errors import NotWrittenBySr4Error
 from sr4.utils import atomic
 from sr4.utils.atomic import (
     OutputExistsError,
@@ -58,6 +59,34 @@ def test_no_replace_publishing_keeps_a_file_that_appeared(tmp_path: Path, monkey
     atomic_write_bytes(target, b"replaced", replace=True)
     assert target.read_bytes() == b"replaced"
     assert _names(tmp_path) == ["new.png", "out.png"]
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_predicate_publishing_judges_the_file_there_at_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  links: bool) -> None:
+    if not links:
+        def no_link(src: object, dst: object) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(atomic.os, "link", no_link)
+    target = tmp_path / "out.png"
+    judged: list[bytes] = []
+
+    def ours(path: Path) -> bool:
+        judged.append(path.read_bytes())
+        return path.read_bytes().startswith(b"sr4")
+
+    atomic_write_bytes(target, b"sr4 first", replace=ours)  # nothing there: published, nothing judged
+    assert target.read_bytes() == b"sr4 first" and judged == []
+    with pytest.raises(NotWrittenBySr4Error, match="was not written by sr4"), \
+            atomic_path(target, replace=ours) as tmp:
+        tmp.write_bytes(b"sr4 second")
+        target.write_bytes(b"the user's")  # swapped in after any earlier check, while we write
+    assert target.read_bytes() == b"the user's" and judged == [b"the user's"]
+    assert _names(tmp_path) == ["out.png"]
+    target.write_bytes(b"sr4 earlier output")
+    atomic_write_bytes(target, b"sr4 third", replace=ours)
+    assert target.read_bytes() == b"sr4 third" and _names(tmp_path) == ["out.png"]
 
 
 def test_size_on_disk_must_equal_bytes_written(tmp_path: Path) -> None:

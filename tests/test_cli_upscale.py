@@ -112,7 +112,12 @@ def test_existing_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["upscale", str(src), "-o", str(out), "--skip-existing"]) == 0
     assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
     assert (out / "a.png").read_bytes() == b"old"
-    assert main(["upscale", str(src), "-o", str(out), "--overwrite"]) == 0
+    assert main(["upscale", str(src), "-o", str(out), "--overwrite"]) == 1  # b"old" is not an sr4 output
+    assert "was not written by sr4; left alone" in capsys.readouterr().err
+    assert (out / "a.png").read_bytes() == b"old"
+    (out / "a.png").unlink()
+    assert main(["upscale", str(src), "-o", str(out), "--outscale", "2"]) == 0
+    assert main(["upscale", str(src), "-o", str(out), "--overwrite"]) == 0  # an earlier output is replaced
     assert read_image(out / "a.png").size == (48, 40)
     with pytest.raises(SystemExit):  # the two are exclusive
         main(["upscale", str(src), "-o", str(out), "--overwrite", "--skip-existing"])

@@ -98,26 +98,54 @@ def test_overwrite_replaces_earlier_outputs_only(tmp_path: Path, capsys: pytest.
     assert "is a folder" in capsys.readouterr().err and (out / "b.png").is_dir()
 
 
+def test_overwrite_leaves_alone_every_file_sr4_did_not_write(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    for name in ("a.png", "b.jpg", "c.png", "d.png"):
+        _img(src / name)
+    out = tmp_path / "out"
+    assert main(["upscale", str(src / "c.png"), "-o", str(out), *BICUBIC]) == 0  # an earlier sr4 output
+    photo = Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    photo.save(out / "a.png")  # a user's PNG, no mark
+    exif = Image.Exif()
+    exif[0x0131] = "GIMP 2.10"
+    photo.save(out / "b.jpg", exif=exif.tobytes())  # a JPEG another program wrote
+    (out / "d.png").write_bytes(_hashes(src)[src / "d.png"].encode())  # not an image at all
+    before, inputs = _hashes(out), _hashes(src)
+    assert main(["upscale", str(src), "-o", str(out), "--outscale", "2", "--overwrite", *BICUBIC]) == 1
+    captured = capsys.readouterr()
+    assert "1 done, 0 skipped, 3 failed" in captured.out
+    for name in ("a.png", "b.jpg", "d.png"):
+        assert f"output {out / name} exists and was not written by sr4; left alone (remove it yourself" in captured.err
+        assert _hashes(out)[out / name] == before[out / name]
+    assert read_image(out / "c.png").size == (24, 20)  # the earlier output was replaced
+    assert _hashes(src) == inputs and not _temps(tmp_path)
+
+
 # ---------------------------------------------------------------------- files that appear while a run works
 
 
 class _DropsAFile(Upscaler):
-    """Bicubic; while working on an image it writes a "user" file at that image's output name."""
+    """Bicubic; while working on an image it writes a file at that image's output name: a user's
+    file, or an earlier sr4 output (`sr4_output`)."""
 
-    def __init__(self, outdir: Path):
+    def __init__(self, outdir: Path, sr4_output: bool = False):
         super().__init__("bicubic", tile=None)
-        self.outdir = outdir
+        self.outdir, self.sr4_output = outdir, sr4_output
 
     def process_image_data(self, data, **kwargs):  # type: ignore[no-untyped-def]
         result = super().process_image_data(data, **kwargs)
         if data.size == (13, 11):  # b.png, planned while its output name was free
-            (self.outdir / "b.png").write_bytes(b"user data")
+            if self.sr4_output:
+                write_image(self.outdir / "b.png", np.zeros((5, 5, 3), np.uint8))
+            else:
+                (self.outdir / "b.png").write_bytes(b"user data")
         return result
 
 
 @pytest.mark.parametrize("policy,code,line", [("", 1, "0 skipped, 1 failed"), ("--skip-existing", 0, "1 skipped"),
-                                              ("--overwrite", 0, "2 done")])
-def test_a_file_that_appears_mid_run_is_never_replaced_without_overwrite(
+                                              ("--overwrite", 1, "1 done, 0 skipped, 1 failed")])
+def test_a_file_that_appears_mid_run_is_never_replaced(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], policy: str, code: int,
         line: str) -> None:
     src = tmp_path / "in"
@@ -128,12 +156,24 @@ def test_a_file_that_appears_mid_run_is_never_replaced_without_overwrite(
     assert main(["upscale", str(src), "-o", str(out), *([policy] if policy else [])]) == code
     captured = capsys.readouterr()
     assert line in captured.out
-    if policy == "--overwrite":
-        assert read_image(out / "b.png").size == (52, 44)
+    assert (out / "b.png").read_bytes() == b"user data"
+    if policy == "--overwrite":  # judged by its mark at the final rename, not by the plan made before it appeared
+        assert f"output {out / 'b.png'} exists and was not written by sr4; left alone" in captured.err
     else:
-        assert (out / "b.png").read_bytes() == b"user data"
         assert policy or "appeared while this run was working" in captured.err
     assert read_image(out / "a.png").size == (48, 40) and not _temps(out)
+
+
+def test_an_sr4_output_that_appears_mid_run_is_replaced_with_overwrite(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    _img(src / "a.png"), _img(src / "b.png", 11, 13)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr("sr4.cli.upscale.build_processor", lambda args, device: _DropsAFile(out, sr4_output=True))
+    assert main(["upscale", str(src), "-o", str(out), "--overwrite"]) == 0
+    assert "2 done" in capsys.readouterr().out
+    assert read_image(out / "b.png").size == (52, 44) and not _temps(out)
 
 
 @pytest.mark.slow

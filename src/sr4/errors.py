@@ -64,5 +64,14 @@ class OutputExistsError(Sr4Error, FileExistsError):
         return f"{self.target}: a file appeared under this name while sr4 was writing it; left alone"
 
 
+class NotWrittenBySr4Error(OutputExistsError):
+    """A file sr4 did not write is at an output's name: `--overwrite` replaces only sr4's own outputs
+    (`sr4.image.marker.written_by_sr4`)."""
+
+    def __str__(self) -> str:
+        return (f"output {self.target} exists and was not written by sr4; left alone (remove it yourself or "
+                "choose another -o / --suffix)")
+
+
 class MissingDependencyError(Sr4Error, ImportError):
     """An optional package is not installed; the message gives the one-line install command."""

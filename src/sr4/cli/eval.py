@@ -54,7 +54,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     up = p.add_argument_group("upscale, then score (options as sr4 upscale)")
     up.add_argument("--lr-dir", type=Path, help="upscale the LR images here into SR_DIR first (same file names), "
                                                 "then score SR_DIR against HR_DIR")
-    up.add_argument("--overwrite", action="store_true", help="--lr-dir: replace images already in SR_DIR")
+    up.add_argument("--overwrite", action="store_true",
+                    help="--lr-dir: replace images sr4 wrote earlier in SR_DIR (never other files)")
     add_model(up)
     add_tiles(up)
     add_dtype(up)

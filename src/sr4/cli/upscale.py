@@ -53,7 +53,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--skip-existing", action="store_true", help="leave existing outputs alone")
     existing.add_argument("--overwrite", action="store_true",
-                          help="replace existing outputs (never an input of the run, never a folder)")
+                          help="replace earlier outputs: only files sr4 wrote (its Software mark), never an input "
+                               "of the run, a folder or a file of another program")
     p.add_argument("--max-pixels", type=_max_pixels_arg, metavar="N",
                    help="largest input accepted, in pixels, all frames of an animation together "
                         "(default: Pillow's 89,478,485 bomb limit)")

@@ -35,7 +35,8 @@ from PIL import Image, UnidentifiedImageError
 
 from sr4.errors import ImageError, OutputExistsError
 from sr4.image import png16, tiff16
-from sr4.utils.atomic import atomic_file
+from sr4.image.marker import BMP_MARK, SOFTWARE, exif_with_software
+from sr4.utils.atomic import Replace, atomic_file
 
 #: default pixel limit (Pillow's own decompression-bomb threshold); images above it are refused
 #: from their header, before any decoding, unless a caller passes a larger `max_pixels`.
@@ -442,7 +443,7 @@ def _pixels_for(fmt: str, pixels: np.ndarray, animated: bool) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, quality: int = 95,
-                overwrite: bool = True) -> None:
+                overwrite: Replace = True) -> None:
     """Write atomically; the format follows the suffix (.png .jpg .jpeg .webp .tif .tiff .bmp .gif).
 
     16-bit pixels stay 16-bit in PNG and TIFF and become 8-bit elsewhere; JPEG and BMP drop alpha
@@ -450,7 +451,10 @@ def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, qualit
     describes the pixels (gray or RGB). Every frame of `data.animation` is written to PNG (APNG),
     WebP, GIF (re-quantised to 256 colours per frame) and TIFF (pages); JPEG and BMP refuse it.
     Every byte is checked to be on disk before the file gets its name. With overwrite=False an
-    existing file, also one that appears while writing, is never replaced (`OutputExistsError`).
+    existing file, also one that appears while writing, is never replaced (`OutputExistsError`);
+    with a predicate (`sr4.image.marker.written_by_sr4`) only a file it accepts is, checked just
+    before the rename (`sr4.utils.atomic.publish`). Every file carries sr4's mark
+    (`sr4.image.marker`): the Software field, the EXIF Software tag of carried-over EXIF included.
     """
     path = Path(path)
     if not isinstance(data, ImageData):
@@ -470,9 +474,10 @@ def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, qualit
     try:
         with atomic_file(path, replace=overwrite) as fh:
             if fmt == "TIFF" and any(f.dtype == np.uint16 and f.shape[2] > 1 for f in frames):
-                tiff16.write(cast(BinaryIO, fh), frames, icc)
+                tiff16.write(cast(BinaryIO, fh), frames, icc, software=SOFTWARE)
             elif fmt == "PNG" and frames[0].dtype == np.uint16 and frames[0].shape[2] > 1:
-                fh.write(png16.encode(frames[0], icc, exif=data.exif))
+                exif = exif_with_software(data.exif) if data.exif else None
+                fh.write(png16.encode(frames[0], icc, exif=exif, software=SOFTWARE))
             else:
                 _save_with_pillow(fh, fmt, frames, data, icc, quality)
     except (ImageError, OutputExistsError):
@@ -486,10 +491,20 @@ def write_image(path: str | os.PathLike, data: ImageData | np.ndarray, *, qualit
 
 def _save_with_pillow(fh, fmt: str, frames: list[np.ndarray], data: ImageData, icc: bytes | None,  # noqa: ANN001
                       quality: int) -> None:
+    from PIL import PngImagePlugin
+
     images = [to_pil(ImageData(pixels=f)) for f in frames]
     kwargs: dict = {"icc_profile": icc} if icc else {}
-    if data.exif and fmt in ("JPEG", "PNG", "WEBP"):
-        kwargs["exif"] = data.exif
+    # sr4's mark (`sr4.image.marker`); EXIF carried over from the input gets sr4 as its Software.
+    if fmt in ("JPEG", "WEBP") or (data.exif and fmt == "PNG"):
+        kwargs["exif"] = exif_with_software(data.exif)
+    if fmt == "PNG":
+        kwargs["pnginfo"] = PngImagePlugin.PngInfo()
+        kwargs["pnginfo"].add_text("Software", SOFTWARE)
+    elif fmt == "TIFF":
+        kwargs["software"] = SOFTWARE
+    elif fmt == "GIF":
+        kwargs["comment"] = SOFTWARE
     if fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = quality
     if fmt == "TIFF":
@@ -510,3 +525,8 @@ def _save_with_pillow(fh, fmt: str, frames: list[np.ndarray], data: ImageData, i
             else:
                 kwargs["loop"] = 1 if loop is None else loop
     images[0].save(fh, format=fmt, **kwargs)
+    if fmt == "BMP":  # no metadata in BMP: the header's application-defined reserved bytes hold the mark
+        end = fh.tell()
+        fh.seek(6)
+        fh.write(BMP_MARK)
+        fh.seek(end)

@@ -156,8 +156,10 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def encode(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6, exif: bytes | None = None) -> bytes:
-    """HxWxC uint16 (C in 1..4) -> 16-bit PNG bytes, every row with the 'Up' filter."""
+def encode(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6, exif: bytes | None = None,
+           software: str | None = None) -> bytes:
+    """HxWxC uint16 (C in 1..4) -> 16-bit PNG bytes, every row with the 'Up' filter; `software` goes into a
+    ``tEXt`` chunk ``Software`` before the image data."""
     if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"expected HxWxC uint16 with C in 1..4, got {pixels.dtype} {pixels.shape}")
     height, width, channels = pixels.shape
@@ -169,6 +171,8 @@ def encode(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6,
     parts = [SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, ctype, 0, 0, 0))]
     if icc_profile:
         parts.append(_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
+    if software:
+        parts.append(_chunk(b"tEXt", b"Software\0" + software.encode("latin-1")))
     if exif:
         parts.append(_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
     parts += [_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)), _chunk(b"IEND", b"")]

@@ -121,8 +121,9 @@ def _packbits_size(data: np.ndarray, cap: int) -> int:  # pragma: no cover - jit
     return n
 
 
-def write(fh: BinaryIO, frames: list[np.ndarray], icc: bytes | None) -> None:
-    """Write HxWxC pages (uint16 or uint8, each with its own mode) as one TIFF, zlib-compressed."""
+def write(fh: BinaryIO, frames: list[np.ndarray], icc: bytes | None, software: str | None = None) -> None:
+    """Write HxWxC pages (uint16 or uint8, each with its own mode) as one TIFF, zlib-compressed, with
+    `software` as every page's Software tag (tifffile would name itself)."""
     tifffile = _tifffile()
     tags = [(34675, "B", len(icc), icc, True)] if icc else None
     with tifffile.TiffWriter(fh) as tif:
@@ -130,4 +131,5 @@ def write(fh: BinaryIO, frames: list[np.ndarray], icc: bytes | None) -> None:
             extra = {"extrasamples": ["unassalpha"]} if pixels.shape[2] in (2, 4) else {}
             photometric = "minisblack" if pixels.shape[2] <= 2 else "rgb"
             data = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
-            tif.write(data, photometric=photometric, compression="zlib", extratags=tags, **extra)
+            tif.write(data, photometric=photometric, compression="zlib", extratags=tags, software=software,
+                      **extra)

@@ -9,6 +9,8 @@ Rules every batch follows (`sr4 upscale`, `sr4 eval --lr-dir`):
 * An output that exists when the run plans is skipped (`skip_existing`), replaced (`overwrite`)
   or reported; one that appears while the run works (another run, the user) is never replaced
   unless `overwrite`: the final rename refuses (`sr4.utils.atomic.publish`).
+* `overwrite` replaces only files sr4 wrote (their mark: `sr4.image.marker.written_by_sr4`), read
+  when the run plans and again just before the final rename; any other file is reported and left.
 * SIGINT / SIGTERM (`sr4.utils.signals.Interrupted`) stop the batch between steps: images not
   started are left, images already computed are written (or fail and remove their temporary files),
   and the caller gets the signal back to report and exit with.
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sr4.errors import OutputExistsError
+from sr4.errors import NotWrittenBySr4Error, OutputExistsError
 from sr4.image.files import OUTPUT_SUFFIXES, list_images
 from sr4.utils.atomic import is_temp_name
 from sr4.utils.signals import Interrupted
@@ -153,7 +155,9 @@ def plan_jobs(found: list[tuple[Path, Path]], outdir: Path, *, suffix: str, ext:
 
 
 def select_todo(jobs: list[Job], options: BatchOptions, report: Report) -> list[Job]:
-    """The jobs to run, after the existing-output rule (skip, replace, or report)."""
+    """The jobs to run, after the existing-output rule (skip, replace an earlier sr4 output, or report)."""
+    from sr4.image.marker import written_by_sr4
+
     todo: list[Job] = []
     for job in jobs:
         if os.path.lexists(job.dst):
@@ -165,6 +169,9 @@ def select_todo(jobs: list[Job], options: BatchOptions, report: Report) -> list[
                 continue
             if job.dst.is_dir():
                 report.failed.append((job.src, f"output {job.dst} is a folder; it is never replaced"))
+                continue
+            if not written_by_sr4(job.dst):
+                report.failed.append((job.src, str(NotWrittenBySr4Error(job.dst))))
                 continue
         todo.append(job)
     return todo
@@ -191,14 +198,19 @@ def process_jobs(processor: Any, todo: list[Job], options: BatchOptions, report:
     Returns the `Interrupted` that stopped the batch, or None when every job ran.
     """
     from sr4.image.io import read_image, write_image
+    from sr4.image.marker import written_by_sr4
 
     settled: set[Path] = set()
+    # What the final rename may replace: with `overwrite`, a file sr4 wrote (checked again right there).
+    replace = written_by_sr4 if options.overwrite else False
 
     def collect(job: Job, future: Future) -> None:
         if job.src in settled:
             return
         try:
             future.result()
+        except NotWrittenBySr4Error as exc:  # appeared (or was swapped in) while this run worked
+            report.failed.append((job.src, str(exc)))
         except OutputExistsError:
             if options.skip_existing:  # another run made it meanwhile: its file stays
                 report.skipped.append(job.src)
@@ -246,7 +258,7 @@ def process_jobs(processor: Any, todo: list[Job], options: BatchOptions, report:
             for note in result.notes:
                 say(f"note: {job.src}: {note}")
             writes.append((job, writer.submit(write_image, job.dst, result, quality=options.quality,
-                                              overwrite=options.overwrite)))
+                                              overwrite=replace)))
             del result
             while len(writes) > 1:
                 collect(*writes[0])  # removed once collected, so an interruption here still waits for it

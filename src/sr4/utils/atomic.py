@@ -11,6 +11,13 @@ name: the target either keeps its old content (or stays absent) or holds the com
   the final name, which fails if a file appeared there in the meantime (another run, the user);
   `OutputExistsError` is raised and the temporary file removed. File systems without hard links
   (FAT, some network shares) fall back to a check just before an ordinary rename.
+* Publishing with a predicate as ``replace`` (`sr4.image.marker.written_by_sr4`) replaces only a
+  file the predicate accepts: the final name is tried without replacing first, and only when a
+  file is there its mark is read and, if accepted, the file renamed over at once. The check looks
+  at whatever is under the name at that moment, so a file that appears or is swapped in earlier is
+  judged itself. What stays open: a program that puts another file there in the instant between
+  that check (a few kilobytes read) and the rename has it replaced; no portable call replaces a
+  file only if it is still the one checked.
 * `atomic_file` hands the writer a file object without a ``fileno``, so encoders (Pillow's among
   them) write through Python's buffered I/O, which raises on a short write; the size on disk
   after fsync must equal the bytes written before the file is published.
@@ -26,11 +33,14 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from sr4.errors import OutputExistsError
+from sr4.errors import NotWrittenBySr4Error, OutputExistsError
+
+#: what publishing may replace: True anything, False nothing, a predicate the files it accepts.
+Replace = bool | Callable[[Path], bool]
 
 TEMP_PREFIX = ".sr4-tmp-"
 _TEMP_NAME = re.compile(r"^\.sr4-tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{6}\.")
@@ -182,34 +192,47 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def publish(tmp: Path, target: Path, *, replace: bool) -> None:
-    """Give the complete file `tmp` the name `target`; without `replace`, never replace an existing file."""
-    if replace:
+def publish(tmp: Path, target: Path, *, replace: Replace) -> None:
+    """Give the complete file `tmp` the name `target`; `replace` says what existing file it may replace
+    (`OutputExistsError` otherwise; `NotWrittenBySr4Error` when a predicate refused it)."""
+    if replace is True:
         os.replace(tmp, target)
+    elif replace is False:
+        _publish_new(tmp, target)
     else:
         try:
-            os.link(tmp, target)
-        except FileExistsError:
-            raise OutputExistsError(target) from None
-        except OSError as exc:
-            if exc.errno not in _NO_LINKS:
-                raise
-            # No hard links here: check, then rename (os.rename refuses existing targets on Windows).
-            if os.path.lexists(target):
-                raise OutputExistsError(target) from None
-            if os.name == "nt":
-                os.rename(tmp, target)
-            else:
-                os.replace(tmp, target)
-        else:
-            os.unlink(tmp)
+            _publish_new(tmp, target)
+        except OutputExistsError:
+            if not replace(target):
+                raise NotWrittenBySr4Error(target) from None
+            os.replace(tmp, target)  # right after the check: see the module notes for the instant left open
     _fsync_dir(target.parent)
 
 
+def _publish_new(tmp: Path, target: Path) -> None:
+    """Give `tmp` the name `target` unless something is there (`OutputExistsError`)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise OutputExistsError(target) from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        # No hard links here: check, then rename (os.rename refuses existing targets on Windows).
+        if os.path.lexists(target):
+            raise OutputExistsError(target) from None
+        if os.name == "nt":
+            os.rename(tmp, target)
+        else:
+            os.replace(tmp, target)
+    else:
+        os.unlink(tmp)
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, *, replace: Replace = True) -> Iterator[Path]:
     """Yield a temporary path next to `target`; when the block ends without error the file is
-    fsynced and published as `target` (replacing an existing file only when `replace`).
+    fsynced and published as `target` (replacing an existing file as `replace` allows: `publish`).
 
     The temporary name keeps the target's suffix so writers that pick a format by extension
     (Pillow, torch, safetensors) behave as for the real name. For writers that take a file
@@ -276,7 +299,7 @@ class _CheckedFile:
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | os.PathLike, *, replace: bool = True) -> Iterator[_CheckedFile]:
+def atomic_file(target: str | os.PathLike, *, replace: Replace = True) -> Iterator[_CheckedFile]:
     """Like `atomic_path`, but yield an open binary file; before publishing, the data is flushed
     and fsynced and the size on disk must equal the bytes written (`ShortWriteError` otherwise)."""
     with atomic_path(target, replace=replace) as tmp:
