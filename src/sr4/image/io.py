@@ -283,6 +283,8 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None, frames
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path, formats=READ_FORMATS)
     except UnidentifiedImageError:
+        if head[:4] in (b"II*\x00", b"MM\x00*"):  # Pillow has no 16-bit gray+alpha: tifffile reads those
+            return _read_tiff_pillow_cannot_open(path, frames, limit)
         raise ImageError(path, "not a readable PNG/JPEG/WebP/TIFF/BMP/GIF image "
                                f"(file starts with {head[:12]!r})") from None
     except Image.DecompressionBombError as exc:
@@ -396,6 +398,22 @@ def _read_png16(path: Path) -> ImageData:
             ex = Image.Exif()
         orientation, exif_out = _split_exif(ex)
     return _with_profile(ImageData(pixels=_orient(pixels, orientation), exif=exif_out), icc)
+
+
+def _read_tiff_pillow_cannot_open(path: Path, frames: str, limit: int) -> ImageData:
+    """A TIFF Pillow does not identify (16-bit gray+alpha, as sr4 writes for LA inputs): page count and sizes
+    from tifffile's headers, the same frame and pixel rules as every other file, then tiff16's bounded read."""
+    try:
+        sizes = tiff16.page_sizes(path)
+    except tiff16.TIFFError as exc:
+        raise ImageError(path, str(exc)) from None
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise ImageError(path, f"not a readable TIFF image ({exc})") from None
+    if len(sizes) > 1 and frames == "refuse":
+        raise ImageError(path, f"{_frames_word('TIFF', len(sizes))}: only single images are read here "
+                               "(sr4 upscale keeps every frame)")
+    _check_pixels(path, sizes, limit)
+    return _read_tiff16(path, len(sizes))
 
 
 def _read_tiff16(path: Path, pages: int) -> ImageData:

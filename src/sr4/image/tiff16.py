@@ -64,6 +64,15 @@ def read(path: Any, pages: int) -> tuple[list[np.ndarray], bytes | None, int]:
     return frames, icc, orientation
 
 
+def page_sizes(path: Any) -> list[tuple[int, int]]:
+    """(width, height) of every page, from the headers (no pixel data is read)."""
+    tifffile = _tifffile()
+    with tifffile.TiffFile(path) as tif:
+        if not tif.pages:
+            raise TIFFError("TIFF without pages")
+        return [(int(page.imagewidth), int(page.imagelength)) for page in tif.pages]
+
+
 def _layout(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 3 and pixels.shape[0] in (2, 3, 4) and pixels.shape[2] not in (2, 3, 4):
         pixels = pixels.transpose(1, 2, 0)  # planar configuration
