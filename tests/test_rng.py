@@ -65,10 +65,30 @@ def test_auto_tile_is_one_pass_whenever_the_image_fits(monkeypatch):
 
     up = Upscaler(_tiny_mamba(), tile="auto", device="cpu", dtype="fp32")
     per_pixel = tiling.bytes_per_pixel(up.model, torch.float32, 4)
-    monkeypatch.setattr(tiling, "free_memory_bytes", lambda device: int(4 * per_pixel * 160 * 104) + 1)
+    # MambaIRv2 states its memory per pixel: one pass while it fits 3/4 of free CPU memory
+    free = int(per_pixel * 160 * 104 / tiling.CPU_ONE_PASS_SHARE) + 1
+    monkeypatch.setattr(tiling, "free_memory_bytes", lambda device: free)
     assert up.tile_size(104, 160) is None  # fits: one pass, as the official code runs U
-    assert up.tile_size(200, 160) is not None  # does not: power-of-two tiles
+    assert up.tile_size(200, 160) is not None  # does not: power-of-two tiles within a quarter of free memory
     assert up.tile_size(200, 160) & (up.tile_size(200, 160) - 1) == 0
+    assert up.tile_size(200, 160) ** 2 * per_pixel <= free / 4
+
+
+def test_one_pass_credit_needs_a_stated_memory_figure(monkeypatch):
+    import sr4.pipeline.tiling as tiling
+    from sr4.models.descriptor import ArchId, ModelDescriptor
+
+    net = _tiny_mamba()
+    stated = ModelDescriptor(model=net, arch=ArchId("x", "x"), scale=4, memory_per_pixel=1000.0)
+    estimated = ModelDescriptor(model=net, arch=ArchId("x", "x"), scale=4)  # no figure: estimated from layers
+    cpu = torch.device("cpu")
+    for descriptor in (stated, estimated):
+        need = 100 * 100 * tiling.bytes_per_pixel(descriptor, torch.float32, 4)
+        assert tiling.fits_untiled(descriptor, cpu, torch.float32, 4, 100, 100, free_bytes=int(4 * need))
+        between = int(need / tiling.CPU_ONE_PASS_SHARE) + 1  # within 3/4 of free memory, not within a quarter
+        assert tiling.fits_untiled(descriptor, cpu, torch.float32, 4, 100, 100, free_bytes=between) == (
+            descriptor is stated)
+        assert not tiling.fits_untiled(descriptor, cpu, torch.float32, 4, 100, 100, free_bytes=int(need))
 
 
 def test_philox_increment_arithmetic():
