@@ -236,14 +236,13 @@ def fits_untiled(model: ModelDescriptor | nn.Module, device: torch.device, dtype
     """Whether one pass over a height x width image fits: within the tile budget, or on the CPU within
     `CPU_ONE_PASS_SHARE` of free memory when the model states its memory per pixel (an estimate from the layers
     gets no such credit). On CUDA an out-of-memory error is caught and the pass retried in tiles."""
+    free = free_memory_bytes(device) if free_bytes is None else free_bytes
     need = height * width * bytes_per_pixel(model, dtype, scale)
-    if need <= memory_budget(device, free_bytes):
+    if need <= memory_budget(device, free):
         return True
     descriptor = model if isinstance(model, ModelDescriptor) else describe_module(model)
-    if device.type != "cpu" or descriptor.memory_per_pixel is None:
-        return False
-    free = free_memory_bytes(device) if free_bytes is None else free_bytes
-    return need <= CPU_ONE_PASS_SHARE * max(free, 0)
+    stated = descriptor.memory_per_pixel is not None
+    return device.type == "cpu" and stated and need <= CPU_ONE_PASS_SHARE * max(free, 0)
 
 
 def auto_tile_size(model: ModelDescriptor | nn.Module, device: torch.device, dtype: torch.dtype, scale: int,

@@ -220,19 +220,19 @@ def run_vae_tiled(net: Callable[[torch.Tensor], torch.Tensor], modules: nn.Modul
         stats.mode = "apply"
         # The cores tile the output exactly, in order: each is copied into one output buffer as it comes, so
         # memory beyond the tile is the output alone (not rows of views holding whole tiles, then a copy).
-        out: torch.Tensor | None = None
+        heights = [crop_core_size(r, cfg.scale) for r in rows]
+        widths = [crop_core_size(c, cfg.scale) for c in cols]
+        out: torch.Tensor | None = None  # made at the first tile, which tells the channels and dtype
         top = 0
-        for r in rows:
+        for r, height in zip(rows, heights, strict=True):
             left = 0
-            for c in cols:
+            for c, width in zip(cols, widths, strict=True):
                 core = crop_core(net(x[..., r.start:r.stop, c.start:c.stop]), r, c, cfg.scale)
                 if out is None:
-                    height = sum(crop_core_size(s, cfg.scale) for s in rows)
-                    width = sum(crop_core_size(s, cfg.scale) for s in cols)
-                    out = core.new_empty((*core.shape[:-2], height, width))
-                out[..., top:top + core.shape[-2], left:left + core.shape[-1]] = core
-                left += core.shape[-1]
-            top += crop_core_size(r, cfg.scale)
+                    out = core.new_empty((*core.shape[:-2], sum(heights), sum(widths)))
+                out[..., top:top + height, left:left + width] = core
+                left += width
+            top += height
         assert out is not None  # a grid has at least one tile
         return out
 

@@ -43,7 +43,9 @@ from sr4.errors import NotWrittenBySr4Error, OutputExistsError
 Replace = bool | Callable[[Path], bool]
 
 TEMP_PREFIX = ".sr4-tmp-"
-_TEMP_NAME = re.compile(r"^\.sr4-tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{6}\.")
+#: `writer_token()` as a pattern: the host tag, pid and start time of the process that made a name.
+_WRITER = r"(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-(?P<start>\d+)-"
+_TEMP_NAME = re.compile(r"^\.sr4-tmp-" + _WRITER + r"[0-9a-f]{6}\.")
 #: temporary files of another machine (shared folders) are swept only when older than this.
 FOREIGN_TEMP_AGE_S = 24 * 3600
 # errno values meaning "this file system cannot make hard links" (then we re-check and rename).
@@ -147,7 +149,7 @@ def sweep_stale_folders(parent: str | os.PathLike, prefix: str) -> list[Path]:
     """
     import shutil
 
-    pattern = re.compile(re.escape(prefix) + r"(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-(?P<start>\d+)-")
+    pattern = re.compile(re.escape(prefix) + _WRITER)
     removed: list[Path] = []
     try:
         entries = list(os.scandir(os.fspath(parent)))
